@@ -1,0 +1,190 @@
+"""Load and validate the workflow config against the JSON Schema shipped with the package.
+
+The Snakefile and the stage programs both go through `validate_config`, so a bad value is
+caught the same way whether the run is driven by Snakemake or by `dvc repro`.
+"""
+from __future__ import annotations
+
+import copy
+import difflib
+import json
+from functools import lru_cache
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import jsonschema
+import yaml
+
+from .errors import ConfigError
+
+SCHEMA_FILE = "config.schema.yaml"
+
+
+@lru_cache(maxsize=1)
+def load_schema() -> dict:
+    text = resources.files(__package__).joinpath(SCHEMA_FILE).read_text(encoding="utf-8")
+    return yaml.safe_load(text)
+
+
+def expand_dotted_keys(raw: dict) -> dict:
+    """Turn {'train.lr': 0.1} into {'train': {'lr': 0.1}}, merged into the rest.
+
+    Lets users override one nested value on the command line
+    (`snakemake --config train.lr=1.0e-3`), which Snakemake itself passes as a flat key.
+    """
+    out: dict = {}
+    for key, value in raw.items():
+        if isinstance(value, dict):
+            value = expand_dotted_keys(value)
+        parts = str(key).split(".")
+        node = out
+        for part in parts[:-1]:
+            if not isinstance(node.get(part), dict):
+                node[part] = {}
+            node = node[part]
+        leaf = parts[-1]
+        if isinstance(value, dict) and isinstance(node.get(leaf), dict):
+            node[leaf] = deep_merge(node[leaf], value)
+        else:
+            node[leaf] = value
+    return out
+
+
+def deep_merge(base: dict, update: dict) -> dict:
+    """Recursive dict merge; values in `update` win. Neither input is modified."""
+    merged = copy.deepcopy(base)
+    for key, value in update.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = deep_merge(merged[key], value)
+        else:
+            merged[key] = copy.deepcopy(value)
+    return merged
+
+
+def _apply_defaults(schema: dict, instance: Any) -> Any:
+    if not isinstance(instance, dict) or schema.get("type") != "object":
+        return instance
+    for name, sub in schema.get("properties", {}).items():
+        if name not in instance and "default" in sub:
+            instance[name] = copy.deepcopy(sub["default"])
+        if name in instance:
+            instance[name] = _apply_defaults(sub, instance[name])
+    return instance
+
+
+def _schema_at(schema: dict, path: list) -> dict:
+    node = schema
+    for part in path:
+        if isinstance(part, int):
+            node = node.get("items", {})
+        else:
+            node = node.get("properties", {}).get(part, {})
+    return node
+
+
+def _key_name(path) -> str:
+    parts = [f"[{p}]" if isinstance(p, int) else str(p) for p in path]
+    return ".".join(parts).replace(".[", "[") or "<top level>"
+
+
+def _describe(error: jsonschema.ValidationError, schema: dict) -> str:
+    path = list(error.absolute_path)
+    key = _key_name(path)
+    if error.validator == "additionalProperties":
+        allowed = sorted(_schema_at(schema, path).get("properties", {}))
+        unknown = sorted(set(error.instance) - set(allowed))
+        lines = []
+        for name in unknown:
+            full = _key_name(path + [name])
+            close = difflib.get_close_matches(name, allowed, n=1)
+            hint = f" (did you mean '{_key_name(path + [close[0]])}'?)" if close else ""
+            lines.append(f"unknown config key '{full}'{hint}; allowed here: {', '.join(allowed)}")
+        return "; ".join(lines)
+    value = json.dumps(error.instance, default=str)
+    expected = {
+        "enum": lambda: "one of " + ", ".join(json.dumps(v) for v in error.validator_value),
+        "type": lambda: f"type {error.validator_value}",
+        "minimum": lambda: f">= {error.validator_value}",
+        "maximum": lambda: f"<= {error.validator_value}",
+        "exclusiveMinimum": lambda: f"> {error.validator_value}",
+        "exclusiveMaximum": lambda: f"< {error.validator_value}",
+        "pattern": lambda: f"a string matching {error.validator_value}",
+        "required": lambda: error.message,
+        "minItems": lambda: f"at least {error.validator_value} items",
+        "maxItems": lambda: f"at most {error.validator_value} items",
+    }.get(error.validator, lambda: error.message)()
+    return f"config key '{key}': got {value}, expected {expected}"
+
+
+def validate_config(raw: dict | None) -> dict:
+    """Return a validated copy of `raw` with defaults filled in; ConfigError if invalid.
+
+    Every problem is reported at once, each naming the key, the value and what was expected.
+    """
+    schema = load_schema()
+    config = expand_dotted_keys(copy.deepcopy(raw or {}))
+    # Defaults first (so nested objects exist), then validate the completed config.
+    config = _apply_defaults(schema, config)
+    validator = jsonschema.Draft202012Validator(schema)
+    errors = sorted(validator.iter_errors(config), key=lambda e: list(map(str, e.absolute_path)))
+    if errors:
+        raise ConfigError("invalid config:\n  " + "\n  ".join(_describe(e, schema) for e in errors))
+    _check_cross_field(config)
+    return config
+
+
+def _check_cross_field(config: dict) -> None:
+    data = config["data"]
+    if data["source"] == "local" and not data["root"] and not data["train_labels"]:
+        raise ConfigError(
+            "config key 'data.root': data.source is 'local' but no data.root is set; "
+            "expected the folder that holds phase1/ (and optionally phase2/)"
+        )
+    if data["source"] == "url" and not data["urls"]:
+        raise ConfigError("config key 'data.urls': data.source is 'url' but the list is empty")
+    demo = data["demo"]
+    if demo["min_size"] > demo["max_size"]:
+        raise ConfigError(
+            f"config key 'data.demo.min_size': got {demo['min_size']}, expected <= data.demo.max_size ({demo['max_size']})"
+        )
+    lo, hi = config["train"]["augment"]["rrc_scale"]
+    if lo > hi:
+        raise ConfigError(f"config key 'train.augment.rrc_scale': got [{lo}, {hi}], expected min <= max")
+    qlo, qhi = config["train"]["augment"]["jpeg_quality"]
+    if qlo > qhi:
+        raise ConfigError(f"config key 'train.augment.jpeg_quality': got [{qlo}, {qhi}], expected min <= max")
+    report = config["report"]
+    if report["threshold_policy"] in ("fpr", "fixed") and report["threshold_value"] is None:
+        raise ConfigError(
+            f"config key 'report.threshold_value': threshold_policy '{report['threshold_policy']}' needs a value in [0, 1]"
+        )
+
+
+def load_config(path: str | Path | None = None, overrides: dict | None = None) -> dict:
+    """Read a YAML config file (or none: all defaults), apply overrides, validate."""
+    raw: dict = {}
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise ConfigError(f"config file not found: {path}")
+        try:
+            raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"config file {path} is not valid YAML: {exc}") from exc
+        if not isinstance(raw, dict):
+            raise ConfigError(f"config file {path}: expected a mapping at the top level")
+    if overrides:
+        raw = deep_merge(expand_dotted_keys(raw), expand_dotted_keys(overrides))
+    try:
+        return validate_config(raw)
+    except ConfigError as exc:
+        raise ConfigError(f"{path or 'config'}: {exc}") from None
+
+
+def parse_override(text: str) -> tuple[str, Any]:
+    """Parse one `key.path=value` override; the value is read as YAML (numbers, bools, lists)."""
+    if "=" not in text:
+        raise ConfigError(f"override '{text}': expected key=value, e.g. train.lr=1.0e-3")
+    key, value = text.split("=", 1)
+    return key.strip(), yaml.safe_load(value)
