@@ -1,0 +1,28 @@
+# Two entry points that work on a fresh machine (Python 3.10+ with venv):
+#   make demo   set up, then run the whole workflow on the embedded demo data
+#   make test   set up, then run the test suite
+VENV ?= .venv
+BIN := $(VENV)/bin
+CORES ?= 8
+
+.PHONY: setup demo test bench clean
+setup: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml
+	python3 -m venv $(VENV)
+	$(BIN)/pip install --upgrade --quiet pip
+	$(BIN)/pip install --quiet -e '.[dev]'
+	touch $@
+
+demo: setup
+	$(BIN)/snakemake --cores $(CORES) --resources gpu=1
+
+test: setup
+	$(BIN)/pytest
+
+bench: setup
+	$(BIN)/python bench/bench_cache.py
+	$(BIN)/python bench/bench_loader.py
+
+clean:
+	rm -rf results .snakemake

@@ -1,0 +1,43 @@
+"""Shared plumbing for the stage programs in scripts/: config arguments and clean failures."""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from typing import Callable
+
+from .config import load_config, parse_override, validate_config
+from .errors import WorkflowError
+
+
+def add_config_args(parser: argparse.ArgumentParser) -> None:
+    """--config FILE (dvc repro, users) or --config-json (Snakemake passes its params)."""
+    group = parser.add_mutually_exclusive_group()
+    group.add_argument("--config", help="YAML config file (validated; defaults filled in)")
+    group.add_argument("--config-json", help="config sections as JSON (what the Snakefile passes)")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="override one config value, e.g. --set train.lr=1.0e-3 (repeatable)")
+
+
+def config_from_args(args: argparse.Namespace) -> dict:
+    overrides = dict(parse_override(item) for item in args.set)
+    if args.config_json:
+        raw = json.loads(args.config_json)
+        if overrides:
+            from .config import deep_merge, expand_dotted_keys
+
+            raw = deep_merge(expand_dotted_keys(raw), expand_dotted_keys(overrides))
+        return validate_config(raw)
+    return load_config(args.config, overrides)
+
+
+def run_main(main: Callable[[], None]) -> None:
+    """Run a stage; a WorkflowError becomes one clear line on stderr and exit code 2."""
+    try:
+        main()
+    except WorkflowError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        sys.exit(2)
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        sys.exit(130)

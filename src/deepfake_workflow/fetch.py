@@ -1,0 +1,82 @@
+"""The fetch_data stage: make the raw data available in the Multi-FFDI layout, then check it.
+
+- demo: synthesise the embedded demo under the data root;
+- local: read an existing copy in place (never copied: the real set is hundreds of GB);
+- url: download archives (resumable, checksum-verified) and extract them safely.
+
+Whatever the source, the labels of every split are validated against the images on disk and
+the result is summarised in a manifest that later stages read.
+"""
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+from urllib.parse import urlparse
+
+from .errors import DataError
+from .labels import read_labels, require_both_classes
+from .layout import Manifest, data_root, methods_file, split_paths, scored_split
+
+
+def _download_and_extract(config: dict, root: Path, progress: bool) -> None:
+    from .archives import safe_extract
+    from .download import download
+
+    data = config["data"]
+    downloads = Path(config["results_dir"]) / "data" / "downloads"
+    downloads.mkdir(parents=True, exist_ok=True)
+    root.mkdir(parents=True, exist_ok=True)
+    for entry in data["urls"]:
+        name = entry.get("filename") or Path(urlparse(entry["url"]).path).name or "archive"
+        archive = download(entry["url"], downloads / name, sha256=entry["sha256"].lower(),
+                           timeout=float(data["download_timeout"]), retries=int(data["download_retries"]),
+                           progress=progress)
+        safe_extract(archive, root)
+
+
+def prepare_raw_data(config: dict, *, workers: int = 1, progress: bool = True) -> Path:
+    """Make the raw data exist under the data root; returns the root."""
+    root = data_root(config)
+    source = config["data"]["source"]
+    if source == "demo":
+        from .demo import write_demo_dataset
+
+        demo = config["data"]["demo"]
+        write_demo_dataset(root, seed=int(config["seed"]), workers=workers, **demo)
+    elif source == "url":
+        _download_and_extract(config, root, progress)
+    elif not root.is_dir() and not config["data"]["train_labels"]:
+        raise DataError(f"config key 'data.root': folder {root} does not exist")
+    return root
+
+
+def build_manifest(config: dict) -> Manifest:
+    """Validate the label files of every split against the images on disk."""
+    root = data_root(config)
+    test_source = scored_split(config)
+    splits = {}
+    names = ["train", "val"] + (["test"] if test_source == "test" else [])
+    for split in names:
+        paths = split_paths(config, split)
+        labelled = split != "test"
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            labels = read_labels(paths.labels, require_target=labelled, image_dir=paths.images)
+        for w in caught:
+            print(f"warning: {w.message}")
+        if labelled:
+            require_both_classes(labels, f"split '{split}' ({paths.labels})")
+        splits[split] = {
+            "images": str(paths.images),
+            "labels": str(paths.labels),
+            "n_images": int(len(labels)),
+            "n_fake": int((labels["target"] == 1).sum()),
+            "n_real": int((labels["target"] == 0).sum()),
+        }
+    methods = methods_file(config)
+    if methods and not Path(methods).is_file():
+        if config["data"]["methods_file"]:
+            raise DataError(f"config key 'data.methods_file': file {methods} does not exist")
+        methods = None
+    return Manifest(source=config["data"]["source"], root=str(root), splits=splits,
+                    test_source=test_source, methods_file=str(methods) if methods else None)
