@@ -1,0 +1,373 @@
+"""Build, once per split, a resized uint8 image cache that training reads through memmap.
+
+Layout of a cache directory (written atomically: built in a temporary sibling, renamed
+into place at the end):
+
+* `images.npy`      (N, size, size, 3) uint8, row i is index row i (`np.load(mmap_mode="r")`)
+* `index.csv`       img_name, target, <extra columns of `items`>, orig_width, orig_height
+* `bad_images.csv`  img_name, error (header only when every image decoded)
+* `cache_info.json` size, resize, counts, timing, library versions
+
+Memory stays flat in N: workers decode a small chunk of images and write it straight into
+`images.npy` with `os.pwrite` at the rows' offset; the parent only ever sees sizes and
+error strings. Writing through the file (not a memmap) keeps the written pages in the page
+cache instead of in any process's resident set. Bad images leave zero rows behind; in
+skip mode these are squeezed out afterwards by copying the good rows, a chunk at a time,
+into a second file.
+"""
+from __future__ import annotations
+
+import json
+import multiprocessing
+import os
+import platform
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path, PurePath
+from typing import Iterator
+
+import numpy as np
+import pandas as pd
+import PIL
+from tqdm import tqdm
+
+from . import __version__
+from .atomic import atomic_path, write_csv, write_json
+from .errors import ConfigError, DataError
+from .imageio import RESIZE_MODES, ImageReadError, load_rgb_and_size
+
+ON_BAD_IMAGE = ("error", "skip")
+MIN_SIZE = 16
+IMAGES_FILE = "images.npy"
+INDEX_FILE = "index.csv"
+BAD_FILE = "bad_images.csv"
+INFO_FILE = "cache_info.json"
+_SIZE_COLUMNS = ["orig_width", "orig_height"]
+_CHUNK_BYTES = 8 * 1024 * 1024  # per worker task: bounded memory, few syscalls
+_MAX_CHUNK_IMAGES = 64
+_ERRORS_SHOWN = 50
+
+
+@dataclass
+class CacheSummary:
+    """What `build_cache` did. `images_per_s` counts every image attempted, bad ones too."""
+
+    n_images: int
+    n_bad: int
+    size: int
+    resize: str
+    seconds: float
+    images_per_s: float
+
+
+def build_cache(
+    items: pd.DataFrame,
+    image_dir: Path,
+    out_dir: Path,
+    *,
+    size: int,
+    resize: str,
+    on_bad_image: str = "error",
+    workers: int = 1,
+    max_pixels: int | None = 100_000_000,
+    progress: bool = True,
+) -> CacheSummary:
+    """Decode every `items.img_name` under `image_dir` into a cache directory `out_dir`.
+
+    `items` needs columns `img_name` and `target` (-1 for unlabelled); other columns are
+    kept in index.csv. `on_bad_image="error"` decodes everything, then raises one
+    DataError listing every unreadable file and leaves `out_dir` untouched; `"skip"`
+    leaves bad images out and lists them in bad_images.csv (all bad is still an error).
+    `workers` > 1 decodes in that many processes. Any existing `out_dir` is replaced
+    only when the new cache is complete.
+    """
+    _check_settings(size, resize, on_bad_image, workers, max_pixels)
+    image_dir = Path(image_dir)
+    out_dir = Path(out_dir)
+    items = _check_items(items)
+    if not image_dir.is_dir():
+        raise DataError(f"image directory {image_dir} does not exist or is not a directory")
+
+    started = time.perf_counter()
+    n_total = len(items)
+    with atomic_path(out_dir, is_dir=True) as tmp:
+        images_path = tmp / IMAGES_FILE
+        offset = _create_npy(images_path, n_total, size)
+        job = _Job(str(images_path), offset, str(image_dir), size, resize, max_pixels)
+        names = items["img_name"].tolist()
+        widths = np.zeros(n_total, np.int64)
+        heights = np.zeros(n_total, np.int64)
+        errors: dict[int, str] = {}
+        bar = tqdm(total=n_total, unit="img", desc=f"cache {out_dir.name}", disable=not progress)
+        with bar:
+            for start, results in _run_chunks(job, names, workers):
+                for i, (width, height, error) in enumerate(results, start):
+                    if error is None:
+                        widths[i], heights[i] = width, height
+                    else:
+                        errors[i] = error
+                bar.update(len(results))
+
+        bad_rows = sorted(errors)
+        bad = pd.DataFrame(
+            {"img_name": [names[i] for i in bad_rows], "error": [errors[i] for i in bad_rows]}
+        )
+        if errors and (on_bad_image == "error" or len(errors) == n_total):
+            raise DataError(_bad_images_message(bad, n_total, image_dir, on_bad_image))
+
+        good = np.ones(n_total, bool)
+        good[list(errors)] = False
+        if errors:
+            _compact_rows(images_path, offset, good, size)
+        _fsync(images_path)
+
+        index = items.loc[good].reset_index(drop=True)
+        index["orig_width"] = widths[good]
+        index["orig_height"] = heights[good]
+        write_csv(index, tmp / INDEX_FILE)
+        write_csv(bad, tmp / BAD_FILE)
+
+        seconds = time.perf_counter() - started
+        summary = CacheSummary(
+            n_images=int(good.sum()),
+            n_bad=len(errors),
+            size=size,
+            resize=resize,
+            seconds=round(seconds, 3),
+            images_per_s=round(n_total / seconds, 1) if seconds > 0 else float("inf"),
+        )
+        info = asdict(summary) | {
+            "on_bad_image": on_bad_image,
+            "max_pixels": max_pixels,
+            "created_by": f"deepfake_workflow {__version__}",
+            "pillow": PIL.__version__,
+            "numpy": np.__version__,
+            "python": platform.python_version(),
+        }
+        write_json(tmp / INFO_FILE, info)
+    return summary
+
+
+def open_cache(cache_dir: Path) -> tuple[np.ndarray, pd.DataFrame]:
+    """Open a cache built by `build_cache`: (read-only memmap (N,S,S,3) uint8, index)."""
+    cache_dir = Path(cache_dir)
+    for name in (IMAGES_FILE, INDEX_FILE):
+        if not (cache_dir / name).is_file():
+            raise DataError(f"{cache_dir / name} is missing: is {cache_dir} a finished cache?")
+    try:
+        images = np.load(cache_dir / IMAGES_FILE, mmap_mode="r")
+    except (ValueError, OSError) as exc:
+        raise DataError(f"{cache_dir / IMAGES_FILE}: not a readable .npy array ({exc})") from exc
+    if images.dtype != np.uint8 or images.ndim != 4 or images.shape[3] != 3:
+        raise DataError(
+            f"{cache_dir / IMAGES_FILE}: expected (N, S, S, 3) uint8, "
+            f"found {images.shape} {images.dtype}"
+        )
+    index = pd.read_csv(cache_dir / INDEX_FILE, dtype={"img_name": str})
+    if len(index) != len(images):
+        raise DataError(
+            f"{cache_dir}: {INDEX_FILE} has {len(index)} rows but {IMAGES_FILE} has {len(images)}"
+        )
+    return images, index
+
+
+# --------------------------------------------------------------------------- checks
+
+
+def _check_settings(
+    size: int, resize: str, on_bad_image: str, workers: int, max_pixels: int | None
+) -> None:
+    if resize not in RESIZE_MODES:
+        raise ConfigError(f"cache.resize: {resize!r} is not one of {', '.join(RESIZE_MODES)}")
+    if isinstance(size, bool) or not isinstance(size, (int, np.integer)) or size < MIN_SIZE:
+        raise ConfigError(f"cache.size: {size!r} is not an integer >= {MIN_SIZE}")
+    if on_bad_image not in ON_BAD_IMAGE:
+        raise ConfigError(
+            f"cache.on_bad_image: {on_bad_image!r} is not one of {', '.join(ON_BAD_IMAGE)}"
+        )
+    if isinstance(workers, bool) or not isinstance(workers, (int, np.integer)) or workers < 1:
+        raise ConfigError(f"cache.workers: {workers!r} is not an integer >= 1")
+    if max_pixels is not None and (not isinstance(max_pixels, (int, np.integer)) or max_pixels < 1):
+        raise ConfigError(f"cache.max_pixels: {max_pixels!r} is not a positive integer or null")
+
+
+def _check_items(items: pd.DataFrame) -> pd.DataFrame:
+    missing = [c for c in ("img_name", "target") if c not in items.columns]
+    if missing:
+        raise DataError(f"image list lacks column(s) {missing}; it has {list(items.columns)}")
+    if len(items) == 0:
+        raise DataError("image list is empty: nothing to cache")
+    # Recomputed from the files; a rebuilt index would otherwise carry stale copies.
+    items = items.drop(columns=[c for c in _SIZE_COLUMNS if c in items.columns])
+    extras = [c for c in items.columns if c not in ("img_name", "target")]
+    items = items[["img_name", "target", *extras]].reset_index(drop=True)
+    names = items["img_name"]
+    for row, name in names.items():
+        if not isinstance(name, str) or not name or _escapes(name):
+            raise DataError(f"image list row {row}: img_name {name!r} is not a plain file name")
+    dup = names[names.duplicated()]
+    if len(dup):
+        raise DataError(f"image list names {dup.iloc[0]!r} more than once ({len(dup)} duplicates)")
+    targets = pd.to_numeric(items["target"], errors="coerce")
+    bad_rows = targets.index[~targets.isin([-1, 0, 1])]
+    if len(bad_rows):
+        row = bad_rows[0]
+        raise DataError(
+            f"image list row {row} ({names[row]}): target {items['target'][row]!r} "
+            "is not 0, 1 or -1 (unlabelled)"
+        )
+    items["target"] = targets.astype(np.int64)
+    return items
+
+
+def _escapes(name: str) -> bool:
+    """True for names that would reach outside the image directory."""
+    path = PurePath(name)
+    return path.is_absolute() or ".." in path.parts
+
+
+def _bad_images_message(bad: pd.DataFrame, n_total: int, image_dir: Path, mode: str) -> str:
+    lines = [f"  {row.img_name}: {row.error}" for row in bad.head(_ERRORS_SHOWN).itertuples()]
+    if len(bad) > _ERRORS_SHOWN:
+        lines.append(f"  ... and {len(bad) - _ERRORS_SHOWN} more")
+    if mode == "skip":
+        head = f"all {n_total} images in {image_dir} are unreadable"
+    else:
+        head = (
+            f"{len(bad)} of {n_total} images in {image_dir} are unreadable "
+            "(set cache.on_bad_image: skip to leave them out)"
+        )
+    return head + ":\n" + "\n".join(lines)
+
+
+# --------------------------------------------------------------------------- decoding
+
+
+_Result = tuple[int, int, str | None]  # (orig width, orig height, error or None)
+
+
+@dataclass(frozen=True)
+class _Job:
+    images_path: str
+    offset: int  # bytes of .npy header before row 0
+    image_dir: str
+    size: int
+    resize: str
+    max_pixels: int | None
+
+    @property
+    def row_bytes(self) -> int:
+        return self.size * self.size * 3
+
+
+def _create_npy(path: Path, n_rows: int, size: int) -> int:
+    """Create a zero-filled (sparse) .npy of n_rows images; return its header length."""
+    shape = (n_rows, size, size, 3)
+    array = np.lib.format.open_memmap(path, mode="w+", dtype=np.uint8, shape=shape)
+    offset = int(array.offset)
+    del array  # nothing was touched, so nothing was paged in
+    return offset
+
+
+def _chunks(names: list[str], job: _Job, workers: int) -> Iterator[tuple[int, list[str]]]:
+    # Small enough to bound each worker's buffer, and enough chunks to balance the load.
+    per_chunk = max(1, min(_MAX_CHUNK_IMAGES, _CHUNK_BYTES // job.row_bytes))
+    if workers > 1:
+        per_chunk = max(1, min(per_chunk, -(-len(names) // (4 * workers))))
+    for start in range(0, len(names), per_chunk):
+        yield start, names[start : start + per_chunk]
+
+
+def _run_chunks(
+    job: _Job, names: list[str], workers: int
+) -> Iterator[tuple[int, list[_Result]]]:
+    tasks = _chunks(names, job, workers)
+    if workers == 1:
+        fd = os.open(job.images_path, os.O_WRONLY)
+        try:
+            for task in tasks:
+                yield task[0], _decode_chunk(job, fd, task)
+        finally:
+            os.close(fd)
+        return
+    # spawn, not fork: the caller may hold threads (torch, BLAS) that fork would copy
+    # in a locked state; the cost is one interpreter start per worker.
+    context = multiprocessing.get_context("spawn")
+    with context.Pool(workers, initializer=_worker_init, initargs=(job,)) as pool:
+        for start, results in pool.imap(_worker_chunk, tasks):
+            yield start, results
+
+
+_worker: dict = {}
+
+
+def _worker_init(job: _Job) -> None:
+    _worker["job"] = job
+    _worker["fd"] = os.open(job.images_path, os.O_WRONLY)  # closed when the process exits
+
+
+def _worker_chunk(task: tuple[int, list[str]]) -> tuple[int, list[_Result]]:
+    return task[0], _decode_chunk(_worker["job"], _worker["fd"], task)
+
+
+def _decode_chunk(job: _Job, fd: int, task: tuple[int, list[str]]) -> list[_Result]:
+    """Decode a run of consecutive rows and write them with one pwrite."""
+    start, names = task
+    buffer = np.zeros((len(names), job.size, job.size, 3), np.uint8)
+    results: list[_Result] = []
+    for j, name in enumerate(names):
+        try:
+            buffer[j], (width, height) = load_rgb_and_size(
+                Path(job.image_dir) / name, job.size, job.resize, max_pixels=job.max_pixels
+            )
+            results.append((width, height, None))
+        except ImageReadError as exc:
+            results.append((0, 0, exc.reason))
+    _pwrite_all(fd, memoryview(buffer).cast("B"), job.offset + start * job.row_bytes)
+    return results
+
+
+def _pwrite_all(fd: int, data: memoryview, position: int) -> None:
+    while len(data):
+        written = os.pwrite(fd, data, position)
+        data, position = data[written:], position + written
+
+
+def _compact_rows(images_path: Path, offset: int, good: np.ndarray, size: int) -> None:
+    """Rewrite images_path keeping only rows where `good`, a bounded chunk at a time."""
+    row_bytes = size * size * 3
+    compact_path = images_path.with_name("images.compact.npy")
+    new_offset = _create_npy(compact_path, int(good.sum()), size)
+    rows_per_chunk = max(1, _CHUNK_BYTES // row_bytes)
+    src = os.open(images_path, os.O_RDONLY)
+    dst = os.open(compact_path, os.O_WRONLY)
+    try:
+        written_rows = 0
+        for start in range(0, len(good), rows_per_chunk):
+            keep = good[start : start + rows_per_chunk]
+            raw = os.pread(src, len(keep) * row_bytes, offset + start * row_bytes)
+            rows = np.frombuffer(raw, np.uint8).reshape(len(keep), row_bytes)[keep]
+            _pwrite_all(dst, memoryview(rows).cast("B"), new_offset + written_rows * row_bytes)
+            written_rows += len(rows)
+            del raw, rows  # free before the next pread allocates: peak stays one chunk
+    finally:
+        os.close(src)
+        os.close(dst)
+    os.replace(compact_path, images_path)
+
+
+def _fsync(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def read_cache_info(cache_dir: Path) -> dict:
+    """The cache_info.json of a finished cache."""
+    path = Path(cache_dir) / INFO_FILE
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError as exc:
+        raise DataError(f"{path} is missing: is {cache_dir} a finished cache?") from exc

@@ -1,0 +1,301 @@
+"""Image cache: layout, order, bad images, atomic replacement, flat memory."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from PIL import Image
+
+from deepfake_workflow.cache import CacheSummary, build_cache, open_cache
+from deepfake_workflow.errors import ConfigError, DataError
+from deepfake_workflow.imageio import load_rgb
+
+SIZE = 16
+
+
+def _make_images(folder: Path, n: int, seed: int = 0) -> list[str]:
+    """n small images of varied size, colour and format (every fifth a PNG named .jpg)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    names = []
+    for i in range(n):
+        width, height = int(rng.integers(20, 60)), int(rng.integers(20, 60))
+        arr = rng.integers(30, 256, (height, width, 3), dtype=np.uint8)  # never all black
+        name = f"{i:04d}{'abcdef'[i % 6]}.jpg"
+        Image.fromarray(arr).save(folder / name, format="PNG" if i % 5 == 0 else "JPEG")
+        names.append(name)
+    return names
+
+
+def _items(names: list[str]) -> pd.DataFrame:
+    return pd.DataFrame(
+        {
+            "source": [f"s{i % 3}" for i in range(len(names))],  # extra column, placed first
+            "img_name": names,
+            "target": [(-1, 0, 1)[i % 3] for i in range(len(names))],
+        }
+    )
+
+
+def _expected(folder: Path, names: list[str], resize: str = "squash") -> np.ndarray:
+    return np.stack([load_rgb(folder / n, SIZE, resize) for n in names])
+
+
+def _leftovers(parent: Path) -> list[str]:
+    return [p.name for p in parent.iterdir() if p.name.startswith(".tmp-")]
+
+
+def test_build_with_two_workers_and_open(tmp_path):
+    img_dir = tmp_path / "imgs"
+    names = _make_images(img_dir, 30)
+    out = tmp_path / "cache" / "train"
+    summary = build_cache(
+        _items(names), img_dir, out, size=SIZE, resize="squash", workers=2, progress=False
+    )
+    assert isinstance(summary, CacheSummary)
+    assert (summary.n_images, summary.n_bad, summary.size, summary.resize) == (30, 0, SIZE, "squash")
+    assert summary.seconds > 0 and summary.images_per_s > 0
+
+    images, index = open_cache(out)
+    assert isinstance(images, np.memmap) and not images.flags.writeable
+    assert images.shape == (30, SIZE, SIZE, 3) and images.dtype == np.uint8
+    assert list(index.columns) == ["img_name", "target", "source", "orig_width", "orig_height"]
+    assert index["img_name"].tolist() == names
+    assert index["target"].tolist() == [(-1, 0, 1)[i % 3] for i in range(30)]
+    np.testing.assert_array_equal(images, _expected(img_dir, names))  # row i = index row i
+    for row in index.itertuples():
+        assert Image.open(img_dir / row.img_name).size == (row.orig_width, row.orig_height)
+
+    assert (out / "bad_images.csv").read_text() == "img_name,error\n"
+    info = json.loads((out / "cache_info.json").read_text())
+    assert info["n_images"] == 30 and info["n_bad"] == 0 and info["resize"] == "squash"
+    assert info["size"] == SIZE and info["created_by"].startswith("deepfake_workflow ")
+    assert sorted(os.listdir(out)) == ["bad_images.csv", "cache_info.json", "images.npy", "index.csv"]
+    assert _leftovers(out.parent) == []
+
+
+def test_one_worker_gives_the_same_cache(tmp_path):
+    img_dir = tmp_path / "imgs"
+    names = _make_images(img_dir, 12, seed=3)
+    build_cache(_items(names), img_dir, tmp_path / "c", size=SIZE, resize="letterbox", progress=False)
+    images, _ = open_cache(tmp_path / "c")
+    np.testing.assert_array_equal(images, _expected(img_dir, names, "letterbox"))
+
+
+def _add_bad_files(img_dir: Path, names: list[str]) -> dict[str, str]:
+    """Insert bad files at the start, middle (two in a row) and end; return name -> reason."""
+    (img_dir / "empty.jpg").write_bytes(b"")
+    (img_dir / "garbage.jpg").write_bytes(b"not an image at all" * 10)
+    noise = np.random.default_rng(9).integers(0, 256, (96, 96, 3), dtype=np.uint8)
+    Image.fromarray(noise).save(img_dir / "cut.jpg", quality=90)
+    data = (img_dir / "cut.jpg").read_bytes()
+    (img_dir / "cut.jpg").write_bytes(data[: len(data) // 2])
+    (img_dir / "folder.jpg").mkdir()
+    bad = {
+        "empty.jpg": "empty file",
+        "garbage.jpg": "not a recognised image",
+        "cut.jpg": "truncated",
+        "folder.jpg": "directory",
+        "missing.jpg": "not found",
+    }
+    names.insert(0, "empty.jpg")
+    names.insert(11, "garbage.jpg")
+    names.insert(12, "folder.jpg")
+    names.insert(20, "cut.jpg")
+    names.append("missing.jpg")
+    return bad
+
+
+def test_skip_mode_lists_bad_files_and_leaves_no_holes(tmp_path):
+    img_dir = tmp_path / "imgs"
+    good_names = _make_images(img_dir, 26)
+    names = list(good_names)
+    bad = _add_bad_files(img_dir, names)
+    out = tmp_path / "cache"
+    summary = build_cache(
+        _items(names), img_dir, out, size=SIZE, resize="center_crop",
+        on_bad_image="skip", workers=2, progress=False,
+    )
+    assert (summary.n_images, summary.n_bad) == (26, 5)
+    images, index = open_cache(out)
+    assert images.shape == (26, SIZE, SIZE, 3)
+    assert index["img_name"].tolist() == good_names
+    np.testing.assert_array_equal(images, _expected(img_dir, good_names, "center_crop"))
+    assert images.reshape(26, -1).max(axis=1).min() > 0  # no all-zero rows left behind
+    # extra column still lines up with its image after compaction
+    original = _items(names).set_index("img_name")
+    assert index["source"].tolist() == original.loc[good_names, "source"].tolist()
+
+    listed = pd.read_csv(out / "bad_images.csv")
+    assert listed["img_name"].tolist() == [
+        "empty.jpg", "garbage.jpg", "folder.jpg", "cut.jpg", "missing.jpg"
+    ]
+    for name, reason in zip(listed["img_name"], listed["error"]):
+        assert bad[name] in reason
+    assert json.loads((out / "cache_info.json").read_text())["n_bad"] == 5
+
+
+def test_error_mode_names_every_bad_file_and_writes_nothing(tmp_path):
+    img_dir = tmp_path / "imgs"
+    names = _make_images(img_dir, 10)
+    bad = _add_bad_files(img_dir, names)
+    out = tmp_path / "cache"
+    with pytest.raises(DataError) as info:
+        build_cache(_items(names), img_dir, out, size=SIZE, resize="squash", workers=2, progress=False)
+    message = str(info.value)
+    assert "5 of 15 images" in message and "on_bad_image" in message
+    for name, reason in bad.items():
+        assert f"{name}: " in message and reason in message
+    assert not out.exists()
+    assert _leftovers(tmp_path) == []
+
+
+def test_error_mode_keeps_an_existing_cache(tmp_path):
+    img_dir = tmp_path / "imgs"
+    names = _make_images(img_dir, 5)
+    out = tmp_path / "cache"
+    build_cache(_items(names), img_dir, out, size=SIZE, resize="squash", progress=False)
+    before = (out / "images.npy").read_bytes()
+    (img_dir / "empty.jpg").write_bytes(b"")
+    with pytest.raises(DataError, match="empty.jpg"):
+        build_cache(_items([*names, "empty.jpg"]), img_dir, out, size=SIZE, resize="squash", progress=False)
+    assert (out / "images.npy").read_bytes() == before
+
+
+def test_many_bad_files_message_is_truncated(tmp_path):
+    img_dir = tmp_path / "imgs"
+    names = _make_images(img_dir, 2) + [f"gone{i:03d}.jpg" for i in range(120)]
+    with pytest.raises(DataError) as info:
+        build_cache(_items(names), img_dir, tmp_path / "c", size=SIZE, resize="squash", progress=False)
+    message = str(info.value)
+    assert "120 of 122 images" in message
+    assert "gone000.jpg" in message and "gone049.jpg" in message
+    assert "gone050.jpg" not in message and "... and 70 more" in message
+
+
+def test_skip_mode_with_every_image_bad_is_an_error(tmp_path):
+    img_dir = tmp_path / "imgs"
+    img_dir.mkdir()
+    with pytest.raises(DataError, match="all 2 images"):
+        build_cache(
+            _items(["a.jpg", "b.jpg"]), img_dir, tmp_path / "c", size=SIZE, resize="squash",
+            on_bad_image="skip", progress=False,
+        )
+    assert not (tmp_path / "c").exists()
+
+
+def test_existing_cache_is_replaced_whole(tmp_path):
+    img_dir = tmp_path / "imgs"
+    names = _make_images(img_dir, 8)
+    out = tmp_path / "cache"
+    build_cache(_items(names), img_dir, out, size=SIZE, resize="squash", progress=False)
+    (out / "stale.txt").write_text("from the old cache")
+    build_cache(_items(names[:3]), img_dir, out, size=32, resize="native_crop", progress=False)
+    images, index = open_cache(out)
+    assert images.shape == (3, 32, 32, 3)
+    assert index["img_name"].tolist() == names[:3]
+    assert not (out / "stale.txt").exists()
+    assert _leftovers(tmp_path) == []
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "key"),
+    [
+        ({"resize": "stretch"}, "cache.resize"),
+        ({"size": 8}, "cache.size"),
+        ({"size": 32.0}, "cache.size"),
+        ({"on_bad_image": "ignore"}, "cache.on_bad_image"),
+        ({"workers": 0}, "cache.workers"),
+    ],
+)
+def test_bad_settings_name_the_config_key(tmp_path, kwargs, key):
+    settings = {"size": SIZE, "resize": "squash"} | kwargs
+    with pytest.raises(ConfigError, match=key):
+        build_cache(_items(["a.jpg"]), tmp_path, tmp_path / "c", progress=False, **settings)
+
+
+@pytest.mark.parametrize(
+    ("items", "fragment"),
+    [
+        (pd.DataFrame({"img_name": ["a.jpg"]}), "target"),
+        (pd.DataFrame({"img_name": [], "target": []}), "empty"),
+        (pd.DataFrame({"img_name": ["a.jpg", "a.jpg"], "target": [0, 1]}), "more than once"),
+        (pd.DataFrame({"img_name": ["a.jpg"], "target": [2]}), "row 0"),
+        (pd.DataFrame({"img_name": ["../a.jpg"], "target": [0]}), "plain file name"),
+        (pd.DataFrame({"img_name": ["/etc/passwd"], "target": [0]}), "plain file name"),
+    ],
+)
+def test_bad_item_lists_are_data_errors(tmp_path, items, fragment):
+    with pytest.raises(DataError, match=fragment):
+        build_cache(items, tmp_path, tmp_path / "c", size=SIZE, resize="squash", progress=False)
+
+
+def test_missing_image_dir(tmp_path):
+    with pytest.raises(DataError, match="nowhere"):
+        build_cache(_items(["a.jpg"]), tmp_path / "nowhere", tmp_path / "c", size=SIZE,
+                    resize="squash", progress=False)
+
+
+def test_open_cache_refuses_unfinished_or_mismatched(tmp_path):
+    with pytest.raises(DataError, match="images.npy"):
+        open_cache(tmp_path)
+    img_dir = tmp_path / "imgs"
+    names = _make_images(img_dir, 3)
+    build_cache(_items(names), img_dir, tmp_path / "c", size=SIZE, resize="squash", progress=False)
+    pd.DataFrame({"img_name": names[:2], "target": [0, 1]}).to_csv(tmp_path / "c" / "index.csv", index=False)
+    with pytest.raises(DataError, match="2 rows"):
+        open_cache(tmp_path / "c")
+
+
+_PEAK_RSS_CHILD = textwrap.dedent(
+    """
+    import resource, sys
+    from pathlib import Path
+    import pandas as pd
+    from deepfake_workflow.cache import build_cache
+
+    if __name__ == "__main__":
+        img_dir, out, n, workers = Path(sys.argv[1]), Path(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
+        names = ["bad.jpg"] + [f"{i:05d}.jpg" for i in range(n)]  # one bad file: compaction runs too
+        items = pd.DataFrame({"img_name": names, "target": 0})
+        build_cache(items, img_dir, out, size=128, resize="squash", on_bad_image="skip",
+                    workers=workers, progress=False)
+        peak_kib = max(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss,
+                       resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)
+        print(peak_kib)
+    """
+)
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_peak_memory_does_not_grow_with_image_count(tmp_path, workers):
+    # 1600 images of 128x128x3 = 78 MB: holding them all (or 1400 more than for 200)
+    # would add ~69 MB, well above the 30 MB allowed.
+    img_dir = tmp_path / "imgs"
+    img_dir.mkdir()
+    src = img_dir / "source.png"
+    Image.fromarray(np.random.default_rng(0).integers(0, 256, (128, 128, 3), dtype=np.uint8)).save(src)
+    for i in range(1600):
+        os.link(src, img_dir / f"{i:05d}.jpg")
+    (img_dir / "bad.jpg").write_bytes(b"")
+    script = tmp_path / "child.py"
+    script.write_text(_PEAK_RSS_CHILD)
+
+    def peak_mib(n: int) -> float:
+        done = subprocess.run(
+            [sys.executable, str(script), str(img_dir), str(tmp_path / f"c{n}"), str(n), str(workers)],
+            capture_output=True, text=True, check=True, timeout=300,
+        )
+        assert len(np.load(tmp_path / f"c{n}" / "images.npy", mmap_mode="r")) == n
+        return int(done.stdout.split()[-1]) / 1024
+
+    small, large = peak_mib(200), peak_mib(1600)
+    print(f"peak RSS {small:.1f} -> {large:.1f} MiB")
+    assert large - small < 30, f"peak RSS {small:.0f} MiB for 200 images, {large:.0f} MiB for 1600"
