@@ -15,10 +15,10 @@ $(VENV)/.installed: pyproject.toml
 	touch $@
 
 demo: setup
-	$(BIN)/snakemake --cores $(CORES) --resources gpu=1
+	PATH="$(abspath $(BIN)):$$PATH" snakemake --cores $(CORES) --resources gpu=1
 
 test: setup
-	$(BIN)/pytest
+	PATH="$(abspath $(BIN)):$$PATH" pytest
 
 bench: setup
 	$(BIN)/python bench/bench_cache.py

@@ -1,0 +1,24 @@
+# build_cache: one resized uint8 array (memmap) + index CSV per split, built once.
+
+
+rule build_cache:
+    input:
+        manifest=MANIFEST,
+    output:
+        images=f"{R}/cache/{{split}}/images.npy",
+        index=f"{R}/cache/{{split}}/index.csv",
+        bad=f"{R}/cache/{{split}}/bad_images.csv",
+        info=f"{R}/cache/{{split}}/cache_info.json",
+    wildcard_constraints:
+        split="train|val|test",
+    params:
+        cfg=sections("cache"),
+        out_dir=folder_of("output.images"),
+    threads: workflow.cores
+    log:
+        f"{R}/logs/build_cache_{{split}}.log",
+    conda:
+        "../envs/workflow.yaml"
+    shell:
+        "python scripts/build_cache.py --config-json {params.cfg:q} --manifest {input.manifest} "
+        "--split {wildcards.split} --out-dir {params.out_dir} --workers {threads} 2>&1 | tee {log}"

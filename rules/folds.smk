@@ -1,0 +1,18 @@
+# make_folds: stratified, seeded folds from the training labels (not the cache, so a cache
+# change never re-splits).
+
+
+rule make_folds:
+    input:
+        manifest=MANIFEST,
+    output:
+        FOLDS_CSV,
+    params:
+        cfg=sections("seed", "folds"),
+    log:
+        f"{R}/logs/make_folds.log",
+    conda:
+        "../envs/workflow.yaml"
+    shell:
+        "python scripts/make_folds.py --config-json {params.cfg:q} --manifest {input.manifest} "
+        "--out {output} 2>&1 | tee {log}"

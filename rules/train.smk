@@ -1,0 +1,62 @@
+# train: one job per fold on one GPU (or the CPU); predict: each fold model scores the
+# official validation split and the test split.
+
+
+rule train:
+    input:
+        images=f"{R}/cache/train/images.npy",
+        index=f"{R}/cache/train/index.csv",
+        folds=FOLDS_CSV,
+    output:
+        checkpoint=f"{R}/models/fold{{fold}}/best.pt",
+        history=f"{R}/models/fold{{fold}}/history.csv",
+        oof=f"{R}/models/fold{{fold}}/oof.csv",
+        metrics=f"{R}/models/fold{{fold}}/metrics.json",
+    wildcard_constraints:
+        fold=r"\d+",
+    params:
+        cfg=sections("seed", "model", "train"),
+        cache_dir=folder_of("input.images"),
+        out_dir=folder_of("output.checkpoint"),
+        # Not an output: Snakemake deletes outputs before a job, the resume state must survive a kill.
+        state_dir=f"{R}/state/train_fold{{fold}}",
+        gpu_locks=f"{R}/state/gpu_locks",
+    threads: 4
+    resources:
+        gpu=1,
+    log:
+        f"{R}/logs/train_fold{{fold}}.log",
+    benchmark:
+        f"{R}/benchmarks/train_fold{{fold}}.tsv"
+    conda:
+        "../envs/workflow.yaml"
+    shell:
+        "python scripts/train.py --config-json {params.cfg:q} --cache-dir {params.cache_dir} "
+        "--folds {input.folds} --fold {wildcards.fold} --out-dir {params.out_dir} "
+        "--state-dir {params.state_dir} --gpu-locks {params.gpu_locks} --threads {threads} 2>&1 | tee {log}"
+
+
+rule predict:
+    input:
+        unpack(predict_cache),
+        checkpoint=f"{R}/models/fold{{fold}}/best.pt",
+    output:
+        f"{R}/predictions/fold{{fold}}/{{split}}.csv",
+    wildcard_constraints:
+        fold=r"\d+",
+        split="val|test",
+    params:
+        cfg=sections("predict", "train.device"),
+        cache_dir=folder_of("input.images"),
+        gpu_locks=f"{R}/state/gpu_locks",
+    threads: 4
+    resources:
+        gpu=1,
+    log:
+        f"{R}/logs/predict_fold{{fold}}_{{split}}.log",
+    conda:
+        "../envs/workflow.yaml"
+    shell:
+        "python scripts/predict.py --config-json {params.cfg:q} --checkpoint {input.checkpoint} "
+        "--cache-dir {params.cache_dir} --out {output} --gpu-locks {params.gpu_locks} "
+        "--threads {threads} 2>&1 | tee {log}"

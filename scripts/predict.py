@@ -1,0 +1,39 @@
+#!/usr/bin/env python3
+"""Stage predict: one fold model scores one cached split -> img_name,y_pred."""
+import argparse
+from pathlib import Path
+
+import pandas as pd
+
+from deepfake_workflow.atomic import write_csv
+from deepfake_workflow.cache import open_cache
+from deepfake_workflow.cli import add_config_args, config_from_args, run_main
+from deepfake_workflow.devices import acquire_gpu, set_cpu_threads
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    add_config_args(parser)
+    parser.add_argument("--checkpoint", required=True, type=Path)
+    parser.add_argument("--cache-dir", required=True, type=Path)
+    parser.add_argument("--out", required=True, type=Path)
+    parser.add_argument("--gpu-locks", type=Path, default=None)
+    parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument("--no-progress", action="store_true")
+    args = parser.parse_args()
+    config = config_from_args(args)
+    set_cpu_threads(args.threads)
+    images, index = open_cache(args.cache_dir)
+    with acquire_gpu(args.gpu_locks, config["train"]["device"]):
+        from deepfake_workflow.inference import load_checkpoint, predict_images
+
+        model, meta = load_checkpoint(args.checkpoint)
+        probs = predict_images(model, meta, images, batch_size=config["predict"]["batch_size"],
+                               tta=config["predict"]["tta"], device=config["train"]["device"],
+                               progress=not args.no_progress)
+    write_csv(pd.DataFrame({"img_name": index["img_name"], "y_pred": probs}), args.out)
+    print(f"{len(probs)} predictions -> {args.out}")
+
+
+if __name__ == "__main__":
+    run_main(main)

@@ -1,0 +1,65 @@
+#!/usr/bin/env python3
+"""Stage report: metrics.json, plots and one self-contained HTML report on the validation data."""
+import argparse
+import json
+import os
+from pathlib import Path
+
+import pandas as pd
+
+from deepfake_workflow.atomic import atomic_path
+from deepfake_workflow.cache import open_cache
+from deepfake_workflow.cli import add_config_args, config_from_args, run_main
+from deepfake_workflow.labels import read_labels
+from deepfake_workflow.layout import Manifest
+from deepfake_workflow.metrics import combine_fold_predictions
+from deepfake_workflow.report import build_report
+
+REPORT_FILES = ("metrics.json", "report.html", "metrics_table.csv")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    add_config_args(parser)
+    parser.add_argument("--manifest", required=True)
+    parser.add_argument("--histories", nargs="+", required=True)
+    parser.add_argument("--fold-metrics", nargs="+", required=True)
+    parser.add_argument("--oof", nargs="+", required=True)
+    parser.add_argument("--val-predictions", nargs="+", required=True)
+    parser.add_argument("--val-cache", type=Path, required=True)
+    parser.add_argument("--out-dir", type=Path, required=True)
+    args = parser.parse_args()
+    config = config_from_args(args)
+    manifest = Manifest.read(args.manifest)
+
+    fold_metrics = [json.loads(Path(p).read_text(encoding="utf-8")) for p in args.fold_metrics]
+    folds = [int(m["fold"]) for m in fold_metrics]
+    histories = {f: pd.read_csv(p) for f, p in zip(folds, args.histories)}
+    val_frames = {f: pd.read_csv(p) for f, p in zip(folds, args.val_predictions)}
+    strategy = config["submit"]["strategy"]
+    scores = {int(m["fold"]): float(m["best_val_auc"]) for m in fold_metrics}
+    val_pred = combine_fold_predictions(val_frames, strategy, scores)
+    used = folds if strategy == "ensemble" else [max(scores, key=scores.get)]
+    n_params = int(fold_metrics[0].get("n_params", 0))
+    submission_info = {"strategy": strategy, "folds_used": used, "n_models": len(used),
+                       "n_params_total": n_params * len(used), "model": fold_metrics[0].get("model_name")}
+
+    methods = pd.read_csv(manifest.methods_file) if manifest.methods_file else None
+    val_images, val_index = open_cache(args.val_cache)
+    plots_dir = args.out_dir / "plots"
+    with atomic_path(plots_dir, is_dir=True) as tmp:
+        metrics = build_report(
+            histories=histories, fold_metrics={f: m for f, m in zip(folds, fold_metrics)},
+            oof=pd.concat([pd.read_csv(p) for p in args.oof], ignore_index=True),
+            val_pred=val_pred, val_labels=read_labels(manifest.split("val").labels), methods=methods,
+            val_images=val_images, val_index=val_index, report_cfg=config["report"],
+            submission_info=submission_info, out_dir=tmp)
+        for name in REPORT_FILES:  # the rest of tmp (the PNGs) becomes plots/
+            os.replace(tmp / name, args.out_dir / name)
+    val = metrics["val"]
+    print(f"validation split: AUC {val['auc']:.4f}, TPR@FPR=1e-3 {val['tpr_at_fpr_1e-3']:.4f}; "
+          f"out-of-fold AUC {metrics['oof']['auc']:.4f} -> {args.out_dir}")
+
+
+if __name__ == "__main__":
+    run_main(main)

@@ -1,0 +1,34 @@
+#!/usr/bin/env python3
+"""Stage submit: combine the fold models' test predictions into a validated submission.csv."""
+import argparse
+import json
+
+import pandas as pd
+
+from deepfake_workflow.cli import add_config_args, config_from_args, run_main
+from deepfake_workflow.labels import read_labels
+from deepfake_workflow.layout import Manifest
+from deepfake_workflow.metrics import combine_fold_predictions
+from deepfake_workflow.submission import write_submission
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    add_config_args(parser)
+    parser.add_argument("--manifest", required=True)
+    parser.add_argument("--predictions", nargs="+", required=True, help="per-fold test predictions, in fold order")
+    parser.add_argument("--fold-metrics", nargs="+", required=True, help="per-fold metrics.json, in fold order")
+    parser.add_argument("--out", required=True)
+    args = parser.parse_args()
+    config = config_from_args(args)
+    fold_info = [json.loads(open(p, encoding="utf-8").read()) for p in args.fold_metrics]
+    frames = {int(m["fold"]): pd.read_csv(p) for m, p in zip(fold_info, args.predictions)}
+    scores = {int(m["fold"]): float(m["best_val_auc"]) for m in fold_info}
+    sub = combine_fold_predictions(frames, config["submit"]["strategy"], scores)
+    test_list = read_labels(Manifest.read(args.manifest).split("test").labels, require_target=False)
+    write_submission(sub, test_list["img_name"], args.out)
+    print(f"submission: {len(sub)} rows ({config['submit']['strategy']}) -> {args.out}")
+
+
+if __name__ == "__main__":
+    run_main(main)

@@ -1,0 +1,39 @@
+#!/usr/bin/env python3
+"""Stage train: fit one fold's model on the cached training images; resumable after a kill."""
+import argparse
+from pathlib import Path
+
+import pandas as pd
+
+from deepfake_workflow.cache import open_cache
+from deepfake_workflow.cli import add_config_args, config_from_args, run_main
+from deepfake_workflow.devices import acquire_gpu, set_cpu_threads
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    add_config_args(parser)
+    parser.add_argument("--cache-dir", required=True, type=Path)
+    parser.add_argument("--folds", required=True)
+    parser.add_argument("--fold", required=True, type=int)
+    parser.add_argument("--out-dir", required=True, type=Path)
+    parser.add_argument("--state-dir", required=True, type=Path, help="resume checkpoint (kept across kills)")
+    parser.add_argument("--gpu-locks", type=Path, default=None, help="lock files that give each job its own GPU")
+    parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument("--no-progress", action="store_true")
+    args = parser.parse_args()
+    config = config_from_args(args)
+    set_cpu_threads(args.threads)
+    images, index = open_cache(args.cache_dir)
+    folds = pd.read_csv(args.folds)
+    with acquire_gpu(args.gpu_locks, config["train"]["device"]):
+        from deepfake_workflow.training import train_fold
+
+        result = train_fold(images=images, index=index, folds=folds, fold=args.fold,
+                            model_cfg=config["model"], train_cfg=config["train"], seed=config["seed"],
+                            out_dir=args.out_dir, state_dir=args.state_dir, progress=not args.no_progress)
+    print(f"fold {args.fold}: best epoch {result['best_epoch']}, val AUC {result['best_val_auc']:.4f}")
+
+
+if __name__ == "__main__":
+    run_main(main)
