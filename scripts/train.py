@@ -6,8 +6,7 @@ from pathlib import Path
 import pandas as pd
 
 from deepfake_workflow.cache import open_cache
-from deepfake_workflow.cli import add_config_args, config_from_args, run_main
-from deepfake_workflow.devices import acquire_gpu, set_cpu_threads
+from deepfake_workflow.cli import add_config_args, config_from_args, gpu_slot, run_main, set_threads
 
 
 def main() -> None:
@@ -23,10 +22,10 @@ def main() -> None:
     parser.add_argument("--no-progress", action="store_true")
     args = parser.parse_args()
     config = config_from_args(args)
-    set_cpu_threads(args.threads)
+    set_threads(args.threads)
     images, index = open_cache(args.cache_dir)
     folds = pd.read_csv(args.folds)
-    with acquire_gpu(args.gpu_locks, config["train"]["device"]):
+    with gpu_slot(args.gpu_locks, config["train"]["device"]):
         from deepfake_workflow.training import train_fold
 
         result = train_fold(images=images, index=index, folds=folds, fold=args.fold,

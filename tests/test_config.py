@@ -51,12 +51,16 @@ def test_all_errors_reported_at_once():
     assert "train.lr" in str(err.value) and "train.epochs" in str(err.value)
 
 
-def test_yaml_1e_notation_pitfall_is_reported(tmp_path):
+def test_numbers_given_as_strings_are_read_as_numbers(tmp_path):
     path = tmp_path / "c.yaml"
-    path.write_text("train:\n  lr: 1e-3\n")  # PyYAML reads this as a string
-    with pytest.raises(ConfigError) as err:
-        load_config(path)
-    assert "train.lr" in str(err.value) and str(path) in str(err.value)
+    path.write_text("train:\n  lr: 1e-3\n  epochs: '4'\n  ema: 'true'\n")  # PyYAML: 1e-3 is a string
+    cfg = load_config(path)
+    assert cfg["train"]["lr"] == 1e-3 and cfg["train"]["epochs"] == 4 and cfg["train"]["ema"] is True
+    # Snakemake's --config 'train={lr: 0.01}' gives nested strings; 'cache__size' is its nested spelling.
+    cfg = validate_config({"train": {"lr": "0.01"}, "cache__size": "64"})
+    assert cfg["train"]["lr"] == 0.01 and cfg["cache"]["size"] == 64
+    with pytest.raises(ConfigError, match="'train.lr': got \"fast\""):
+        validate_config({"train": {"lr": "fast"}})
 
 
 def test_load_config_with_overrides(tmp_path):

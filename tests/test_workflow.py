@@ -46,12 +46,12 @@ def test_second_run_does_nothing(tiny_run):
 
 
 @pytest.mark.parametrize("override, expected", [
-    ("report.gallery_size=2", {"report"}),
-    ("submit.strategy=best_fold", {"report", "submit"}),
-    ("predict.tta=hflip", {"predict", "report", "submit"}),
-    ("train.lr=1.0e-3", {"train", "predict", "report", "submit"}),
-    ("cache.size=48", {"build_cache", "train", "predict", "report", "submit"}),
-    ("folds.k=3", {"make_folds", "train", "predict", "report", "submit"}),
+    ("report__gallery_size=2", {"report"}),
+    ("submit__strategy=best_fold", {"report", "submit"}),
+    ("predict__tta=hflip", {"predict", "report", "submit"}),
+    ("train__lr=1.0e-3", {"train", "predict", "report", "submit"}),
+    ("cache__size=48", {"build_cache", "train", "predict", "report", "submit"}),
+    ("folds__k=3", {"make_folds", "train", "predict", "report", "submit"}),
 ])
 def test_config_change_reruns_only_what_depends_on_it(tiny_run, override, expected):
     workdir, _ = tiny_run

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import sys
 from typing import Callable
@@ -41,3 +42,23 @@ def run_main(main: Callable[[], None]) -> None:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         sys.exit(130)
+
+
+def set_threads(n: int | None) -> None:
+    """Use the threads the scheduler gave the job (Snakemake `threads:`), not every core."""
+    if n:
+        import torch
+
+        torch.set_num_threads(max(1, n))
+
+
+@contextlib.contextmanager
+def gpu_slot(lock_dir, device: str):
+    """One GPU for this job on a multi-GPU machine (a no-op on CPU, or when the cluster chose)."""
+    if lock_dir is None or device == "cpu":
+        yield None
+        return
+    from .devices import acquire_gpu
+
+    with acquire_gpu(lock_dir) as index:
+        yield index

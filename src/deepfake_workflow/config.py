@@ -28,16 +28,16 @@ def load_schema() -> dict:
 
 
 def expand_dotted_keys(raw: dict) -> dict:
-    """Turn {'train.lr': 0.1} into {'train': {'lr': 0.1}}, merged into the rest.
+    """Turn {'train.lr': 0.1} or {'train__lr': 0.1} into {'train': {'lr': 0.1}}, merged in.
 
-    Lets users override one nested value on the command line
-    (`snakemake --config train.lr=1.0e-3`), which Snakemake itself passes as a flat key.
+    Lets users override one nested value on the command line. Snakemake's --config only
+    accepts identifiers as keys, hence the `section__key=value` spelling there.
     """
     out: dict = {}
     for key, value in raw.items():
         if isinstance(value, dict):
             value = expand_dotted_keys(value)
-        parts = str(key).split(".")
+        parts = str(key).replace("__", ".").split(".")
         node = out
         for part in parts[:-1]:
             if not isinstance(node.get(part), dict):
@@ -70,6 +70,36 @@ def _apply_defaults(schema: dict, instance: Any) -> Any:
             instance[name] = copy.deepcopy(sub["default"])
         if name in instance:
             instance[name] = _apply_defaults(sub, instance[name])
+    return instance
+
+
+_TYPES = {"integer": int, "number": (int, float), "boolean": bool, "null": type(None)}
+
+
+def _coerce_strings(schema: dict, instance: Any) -> Any:
+    """Read strings as YAML where the schema wants a number, boolean or null.
+
+    Snakemake's `--config 'train={lr: 0.01}'` delivers nested values as strings, and PyYAML
+    reads `1e-3` as a string; both mean a number.
+    """
+    if isinstance(instance, dict):
+        props = schema.get("properties", {})
+        return {k: _coerce_strings(props.get(k, {}), v) for k, v in instance.items()}
+    if isinstance(instance, list):
+        return [_coerce_strings(schema.get("items", {}), v) for v in instance]
+    types = schema.get("type")
+    types = [types] if isinstance(types, str) else (types or [])
+    if isinstance(instance, str) and types and "string" not in types:
+        try:
+            value = yaml.safe_load(instance)
+            if isinstance(value, str):
+                value = float(value)  # YAML 1.1 reads 1e-3 as a string
+        except (yaml.YAMLError, ValueError):
+            return instance
+        for t in types:
+            wanted = _TYPES.get(t)
+            if wanted and isinstance(value, wanted) and not (t != "boolean" and isinstance(value, bool)):
+                return int(value) if t == "integer" and float(value).is_integer() else value
     return instance
 
 
@@ -126,6 +156,7 @@ def validate_config(raw: dict | None) -> dict:
     config = expand_dotted_keys(copy.deepcopy(raw or {}))
     # Defaults first (so nested objects exist), then validate the completed config.
     config = _apply_defaults(schema, config)
+    config = _coerce_strings(schema, config)
     validator = jsonschema.Draft202012Validator(schema)
     errors = sorted(validator.iter_errors(config), key=lambda e: list(map(str, e.absolute_path)))
     if errors:

@@ -1,0 +1,197 @@
+#!/usr/bin/env python3
+"""Generate dvc.yaml from the Snakefile, so `dvc repro` runs the same stages with the same
+commands, inputs and outputs as Snakemake.
+
+It asks Snakemake for every job of a full run (a dry run with --forceall), then writes one DVC
+stage per rule: a `foreach`/`matrix` stage where the rule has wildcards (folds, splits). The
+one difference: Snakemake passes the config sections a rule reads as --config-json, DVC passes
+`--config config.yaml` and lists the same keys under `params:`.
+
+    python scripts/write_dvc_yaml.py            # rewrite dvc.yaml for config.yaml
+    python scripts/write_dvc_yaml.py --check    # exit 1 if dvc.yaml is out of date
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import shlex
+import subprocess
+import sys
+from pathlib import Path
+
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+CORES = 4  # thread counts baked into the DVC commands (DVC has no scheduler)
+METRICS = ["results/reports/metrics.json"]
+
+
+def dry_run_jobs(workdir: Path, configfile: str) -> list[dict]:
+    """Every job of a full run, parsed from `snakemake -n -p --forceall` output."""
+    cmd = [sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile"), "-d", str(workdir),
+           "--configfile", configfile, "--cores", str(CORES), "--resources", "gpu=1",
+           "--forceall", "-n", "-p", "--workflow-profile", "none", "--nolock"]
+    proc = subprocess.run(cmd, cwd=workdir, capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise SystemExit(f"snakemake dry run failed:\n{proc.stdout}\n{proc.stderr}")
+    jobs, job = [], None
+    for line in (proc.stdout + "\n" + proc.stderr).splitlines():
+        head = re.match(r"^(?:local)?rule (\w+):$", line.strip())
+        if head:
+            job = {"rule": head.group(1), "input": [], "output": [], "wildcards": {}}
+            jobs.append(job)
+            continue
+        if job is None:
+            continue
+        field = re.match(r"^\s+(input|output|wildcards): (.*)$", line)
+        if field:
+            key, value = field.groups()
+            if key == "wildcards":
+                job[key] = dict(item.split("=", 1) for item in value.split(", "))
+            else:
+                job[key] = value.split(", ")
+        elif line.startswith("Shell command: "):
+            job["shell"] = line[len("Shell command: "):]
+    return [j for j in jobs if j["rule"] != "all"]
+
+
+def to_dvc_command(shell: str, full_config: dict) -> tuple[str, list[str]]:
+    """Swap --config-json for --config config.yaml and drop the log tee; return (cmd, params)."""
+    shell = re.sub(r"\s+2>&1 \| tee \S+$", "", shell)
+    tokens = shlex.split(shell)
+    i = tokens.index("--config-json")
+    sections = json.loads(tokens[i + 1])
+    tokens[i:i + 2] = ["--config", "config.yaml"]
+    return shlex.join(tokens), param_keys(sections, full_config)
+
+
+def param_keys(sections: dict, full: dict, prefix: str = "") -> list[str]:
+    """Dotted keys naming exactly what the rule reads (a whole section where it reads all of it)."""
+    keys = []
+    for key, value in sorted(sections.items()):
+        if isinstance(value, dict) and value != full.get(key):
+            keys += param_keys(value, full[key], f"{prefix}{key}.")
+        else:
+            keys.append(f"{prefix}{key}")
+    return keys
+
+
+def template(text: str, wildcards: dict) -> str:
+    """Replace wildcard values by ${item.<name>} where they stand as path or argument parts."""
+    for name, value in wildcards.items():
+        text = re.sub(rf"(?<=[/_ ]{name}){re.escape(value)}(?![0-9A-Za-z])", f"${{item.{name}}}", text)
+        text = re.sub(rf"(?<=[/_ ]){re.escape(value)}(?=\.csv|\.log|/|$| )", f"${{item.{name}}}", text)
+        text = re.sub(rf"(?<=--{name} ){re.escape(value)}(?![0-9A-Za-z])", f"${{item.{name}}}", text)
+    return text
+
+
+def expand(text: str, wildcards: dict) -> str:
+    for name, value in wildcards.items():
+        text = text.replace(f"${{item.{name}}}", value)
+    return text
+
+
+def stage_for(jobs: list[dict], full_config: dict) -> dict | None:
+    """One DVC stage (plain, foreach or matrix) for all jobs of a rule, or None if not templatable."""
+    first = jobs[0]
+    cmd, params = to_dvc_command(" " + first["shell"], full_config)
+    body = {
+        "cmd": cmd.strip(),
+        "deps": sorted(set(first["input"]) | {f"scripts/{script_name(first['shell'])}"}),
+        "params": [{"config.yaml": params}],
+        "outs": first["output"],
+    }
+    if not first["wildcards"]:
+        return body
+    names = list(first["wildcards"])
+    body = {k: (template(" " + v, first["wildcards"]).strip() if k == "cmd" else v) for k, v in body.items()}
+    body["deps"] = sorted(template(" " + d, first["wildcards"]).strip() for d in body["deps"])
+    body["outs"] = [template(" " + o, first["wildcards"]).strip() for o in body["outs"]]
+    for job in jobs:  # every job must come back exactly from the template
+        cmd_j, _ = to_dvc_command(" " + job["shell"], full_config)
+        if (expand(body["cmd"], job["wildcards"]) != cmd_j.strip()
+                or sorted(expand(d, job["wildcards"]) for d in body["deps"])
+                != sorted(set(job["input"]) | {f"scripts/{script_name(job['shell'])}"})
+                or [expand(o, job["wildcards"]) for o in body["outs"]] != job["output"]):
+            return None
+    values = {n: sorted({j["wildcards"][n] for j in jobs}, key=natural) for n in names}
+    if len(names) == 1:
+        return {"foreach": [{names[0]: v} for v in values[names[0]]], "do": body}
+    return {"matrix": values, **body}
+
+
+def natural(value: str):
+    return (0, int(value)) if value.isdigit() else (1, value)
+
+
+def script_name(shell: str) -> str:
+    return re.search(r"scripts/(\w+\.py)", shell).group(1)
+
+
+def build_dvc_yaml(configfile: str, workdir: Path = REPO) -> dict:
+    from deepfake_workflow.config import load_config
+
+    full = load_config(workdir / configfile)
+    jobs = dry_run_jobs(workdir, configfile)
+    by_rule: dict[str, list[dict]] = {}
+    for job in jobs:
+        by_rule.setdefault(job["rule"], []).append(job)
+    stages = {}
+    for rule, rule_jobs in by_rule.items():
+        rule_jobs.sort(key=lambda j: [natural(v) for v in j["wildcards"].values()])
+        stage = stage_for(rule_jobs, full)
+        if stage is not None:
+            stages[rule] = stage
+            continue
+        for job in rule_jobs:  # cannot template: one plain stage per job
+            suffix = "_".join(job["wildcards"].values())
+            stages[f"{rule}_{suffix}"] = stage_for([{**job, "wildcards": {}}], full)
+    return {
+        "stages": stages,
+        "metrics": METRICS,
+        "plots": [
+            {"results/models/fold*/history.csv": {"x": "epoch", "y": ["val_auc", "train_loss", "val_loss"]}},
+            "results/reports/plots/",
+        ],
+    }
+
+
+HEADER = """\
+# GENERATED by scripts/write_dvc_yaml.py from the Snakefile and {configfile}: do not edit.
+# Regenerate after changing the rules or folds.k:  python scripts/write_dvc_yaml.py
+# The same stage programs, arguments, inputs and outputs as `snakemake`; Snakemake passes each
+# rule's config sections as --config-json, DVC passes config.yaml and tracks the same keys.
+"""
+
+
+def render(data: dict, configfile: str) -> str:
+    class Dumper(yaml.SafeDumper):
+        pass
+
+    Dumper.add_representer(str, lambda d, s: d.represent_scalar("tag:yaml.org,2002:str", s))
+    return HEADER.format(configfile=configfile) + yaml.dump(data, Dumper=Dumper, sort_keys=False, width=200)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--configfile", default="config.yaml")
+    parser.add_argument("--workdir", type=Path, default=REPO, help="project folder (holds the config and dvc.yaml)")
+    parser.add_argument("--out", default=None, help="default: <workdir>/dvc.yaml")
+    parser.add_argument("--check", action="store_true", help="exit 1 if the file differs from what would be written")
+    args = parser.parse_args()
+    text = render(build_dvc_yaml(args.configfile, args.workdir.resolve()), args.configfile)
+    out = Path(args.out) if args.out else args.workdir / "dvc.yaml"
+    if args.check:
+        current = out.read_text(encoding="utf-8") if out.exists() else ""
+        if current != text:
+            print(f"{out} is out of date: run python scripts/write_dvc_yaml.py", file=sys.stderr)
+            sys.exit(1)
+        print(f"{out} is up to date")
+        return
+    out.write_text(text, encoding="utf-8")
+    print(f"wrote {out} ({len(text.splitlines())} lines)")
+
+
+if __name__ == "__main__":
+    main()
