@@ -16,6 +16,9 @@ from typing import Iterator
 def _tmp_sibling(path: Path, is_dir: bool) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     prefix = f".tmp-{path.name}-"
+    # Leftovers of a killed earlier attempt at this same output: one job owns an output at a time.
+    for stale in path.parent.glob(prefix + "*"):
+        _remove(stale)
     if is_dir:
         return Path(tempfile.mkdtemp(prefix=prefix, dir=path.parent))
     fd, name = tempfile.mkstemp(prefix=prefix, dir=path.parent)

@@ -1,0 +1,117 @@
+"""Device choice, and one GPU per process when several jobs share a multi-GPU box.
+
+Snakemake counts `gpu` resources but does not say which GPU a job should use. A job
+takes the first device whose lock file it can lock exclusively and restricts itself to
+that device through CUDA_VISIBLE_DEVICES, which must happen before CUDA is initialised.
+Cluster executors (SLURM) set CUDA_VISIBLE_DEVICES themselves; then nothing is done.
+"""
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Iterator, MutableMapping
+
+import torch
+
+from .errors import ConfigError, WorkflowError
+
+DEVICE_CHOICES = ("auto", "cpu", "cuda")
+
+
+def resolve_device(requested: str, key: str = "train.device") -> torch.device:
+    """'auto' -> cuda if available else cpu; 'cuda' without a GPU -> ConfigError naming `key`."""
+    if requested not in DEVICE_CHOICES:
+        raise ConfigError(f"{key}: expected one of {', '.join(DEVICE_CHOICES)}, got {requested!r}")
+    if requested == "cpu":
+        return torch.device("cpu")
+    if torch.cuda.is_available():
+        return torch.device("cuda")
+    if requested == "cuda":
+        raise ConfigError(f"{key}: 'cuda' was requested but no CUDA GPU is available "
+                          f"(torch {torch.__version__}); use 'auto' or 'cpu'")
+    return torch.device("cpu")
+
+
+def visible_gpu_count() -> int:
+    """Number of NVIDIA GPUs, found without initialising CUDA in this process."""
+    try:
+        count = torch.cuda._device_count_nvml()  # NVML: does not initialise CUDA
+        if count >= 0:
+            return count
+    except Exception:
+        pass
+    try:
+        out = subprocess.run(["nvidia-smi", "-L"], capture_output=True, text=True, timeout=30)
+    except (OSError, subprocess.SubprocessError):
+        return 0
+    return sum(line.startswith("GPU ") for line in out.stdout.splitlines()) if out.returncode == 0 else 0
+
+
+def _try_lock(path: Path):
+    fh = open(path, "a+")
+    try:
+        fcntl.flock(fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        fh.close()
+        return None
+    fh.seek(0)
+    fh.truncate()
+    fh.write(f"{os.getpid()}\n")
+    fh.flush()
+    return fh
+
+
+@contextlib.contextmanager
+def acquire_gpu(lock_dir: str | os.PathLike, *, device_count: int | None = None,
+                timeout_s: float | None = None, poll_s: float = 1.0,
+                env: MutableMapping[str, str] | None = None) -> Iterator[int | None]:
+    """Hold an exclusive lock on one GPU and set CUDA_VISIBLE_DEVICES to it.
+
+    Yields the GPU index, or None when nothing had to be done (CUDA_VISIBLE_DEVICES
+    already set, or fewer than two GPUs). Waits while all GPUs are taken; after
+    `timeout_s` seconds (None = forever) raises WorkflowError. The lock is released
+    (and the variable restored) on exit; a killed process releases it too.
+    `device_count` overrides GPU discovery (tests, unusual setups).
+    """
+    env = os.environ if env is None else env
+    if env.get("CUDA_VISIBLE_DEVICES") is not None:
+        yield None
+        return
+    count = visible_gpu_count() if device_count is None else device_count
+    if count <= 1:
+        yield None
+        return
+    if torch.cuda.is_initialized():
+        print("warning: CUDA is already initialised; CUDA_VISIBLE_DEVICES set now has no effect",
+              file=sys.stderr)
+    lock_dir = Path(lock_dir)
+    lock_dir.mkdir(parents=True, exist_ok=True)
+    deadline = None if timeout_s is None else time.monotonic() + timeout_s
+    announced = False
+    while True:
+        for index in range(count):
+            handle = _try_lock(lock_dir / f"gpu{index}.lock")
+            if handle is not None:
+                break
+        else:
+            if deadline is not None and time.monotonic() >= deadline:
+                raise WorkflowError(f"no free GPU: all {count} lock files in {lock_dir} are held "
+                                    f"by other jobs after {timeout_s:g} s")
+            if not announced:
+                print(f"all {count} GPUs are busy (locks in {lock_dir}); waiting", file=sys.stderr)
+                announced = True
+            time.sleep(poll_s)
+            continue
+        break
+    env["CUDA_VISIBLE_DEVICES"] = str(index)
+    try:
+        yield index
+    finally:
+        env.pop("CUDA_VISIBLE_DEVICES", None)
+        fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
+        handle.close()

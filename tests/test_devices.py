@@ -1,0 +1,110 @@
+"""Device resolution and the one-GPU-per-job lock (exercised with plain processes)."""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from deepfake_workflow.devices import acquire_gpu, resolve_device
+from deepfake_workflow.errors import ConfigError
+
+# Child: take a GPU out of `count`, report it, hold it until `release` exists.
+CHILD = """
+import os, sys, time
+from pathlib import Path
+from deepfake_workflow.devices import acquire_gpu
+lock_dir, report, release, timeout = sys.argv[1], Path(sys.argv[2]), Path(sys.argv[3]), float(sys.argv[4])
+with acquire_gpu(lock_dir, device_count=2, timeout_s=timeout, poll_s=0.1) as gpu:
+    report.write_text(f"{gpu} {os.environ['CUDA_VISIBLE_DEVICES']}")
+    while not release.exists():
+        time.sleep(0.05)
+"""
+
+
+def test_resolve_device():
+    assert resolve_device("cpu") == torch.device("cpu")
+    assert resolve_device("auto").type == ("cuda" if torch.cuda.is_available() else "cpu")
+    with pytest.raises(ConfigError, match="train.device"):
+        resolve_device("gpu")
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
+def test_cuda_requested_without_gpu_names_the_key():
+    with pytest.raises(ConfigError, match="predict.device"):
+        resolve_device("cuda", key="predict.device")
+
+
+def test_lock_does_nothing_when_visible_devices_set_or_single_gpu(tmp_path):
+    env = {"CUDA_VISIBLE_DEVICES": "3"}
+    with acquire_gpu(tmp_path, device_count=4, env=env) as gpu:
+        assert gpu is None and env == {"CUDA_VISIBLE_DEVICES": "3"}
+    env = {}
+    for count in (0, 1):
+        with acquire_gpu(tmp_path / "locks", device_count=count, env=env) as gpu:
+            assert gpu is None and env == {}
+    assert not (tmp_path / "locks").exists()
+
+
+def test_lock_sets_and_restores_visible_devices(tmp_path):
+    env = {}
+    with acquire_gpu(tmp_path, device_count=2, env=env) as gpu:
+        assert gpu == 0 and env["CUDA_VISIBLE_DEVICES"] == "0"
+    assert "CUDA_VISIBLE_DEVICES" not in env
+
+
+def _start(tmp_path: Path, name: str, timeout: float) -> tuple[subprocess.Popen, Path]:
+    env = {k: v for k, v in os.environ.items() if k != "CUDA_VISIBLE_DEVICES"}
+    report = tmp_path / f"{name}.txt"
+    proc = subprocess.Popen([sys.executable, "-c", CHILD, str(tmp_path / "locks"), str(report),
+                             str(tmp_path / "release"), str(timeout)],
+                            env=env, stderr=subprocess.PIPE, text=True)
+    return proc, report
+
+
+def _wait_for(path: Path, proc: subprocess.Popen, limit: float = 60) -> str:
+    deadline = time.monotonic() + limit
+    while not path.exists():
+        assert proc.poll() is None, proc.stderr.read()
+        assert time.monotonic() < deadline, f"{path} never appeared"
+        time.sleep(0.05)
+    return path.read_text()
+
+
+def test_concurrent_processes_get_different_gpus(tmp_path):
+    first, first_report = _start(tmp_path, "first", timeout=30)
+    second, second_report = _start(tmp_path, "second", timeout=30)
+    try:
+        got = {_wait_for(first_report, first), _wait_for(second_report, second)}
+        assert got == {"0 0", "1 1"}
+        # both GPUs held: a third job times out with a clear error
+        third, third_report = _start(tmp_path, "third", timeout=0.5)
+        assert third.wait(timeout=60) != 0
+        assert "no free GPU" in third.stderr.read() and not third_report.exists()
+    finally:
+        (tmp_path / "release").touch()
+        for proc in (first, second):
+            proc.wait(timeout=60)
+    # released on exit: the next job gets GPU 0 again
+    (tmp_path / "release").unlink()
+    fourth, fourth_report = _start(tmp_path, "fourth", timeout=5)
+    try:
+        assert _wait_for(fourth_report, fourth) == "0 0"
+    finally:
+        (tmp_path / "release").touch()
+        fourth.wait(timeout=60)
+    assert fourth.returncode == 0
+
+
+def test_lock_released_when_holder_is_killed(tmp_path):
+    holder, report = _start(tmp_path, "holder", timeout=5)
+    _wait_for(report, holder)
+    holder.kill()
+    holder.wait(timeout=60)
+    env = {}
+    with acquire_gpu(tmp_path / "locks", device_count=2, env=env, timeout_s=5) as gpu:
+        assert gpu == 0
