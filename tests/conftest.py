@@ -31,9 +31,13 @@ def write_config(workdir: Path, config: dict) -> Path:
 
 
 def snakemake(workdir: Path, *args: str, check: bool = True, timeout: int = 900) -> subprocess.CompletedProcess:
-    """Run the real snakemake CLI on the repo's Snakefile inside `workdir`."""
+    """Run the real snakemake CLI on the repo's Snakefile inside `workdir`.
+
+    --cores 4 gives the rules the same thread counts as the commands in dvc.yaml, so both
+    engines compute bit-identical results.
+    """
     cmd = [str(BIN / "snakemake"), "-s", str(REPO / "Snakefile"), "-d", str(workdir),
-           "--configfile", str(workdir / "config.yaml"), "--cores", "2", "--resources", "gpu=1",
+           "--configfile", str(workdir / "config.yaml"), "--cores", "4", "--resources", "gpu=1",
            "--workflow-profile", "none", "--rerun-incomplete", "--show-failed-logs", *args]
     # The rules run `python scripts/<stage>.py` from the working directory, as dvc.yaml does.
     if not (workdir / "scripts").exists():

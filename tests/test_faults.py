@@ -15,7 +15,7 @@ def run_until(workdir, condition, timeout=300):
     if not (workdir / "scripts").exists():
         (workdir / "scripts").symlink_to(REPO / "scripts")
     cmd = [str(BIN / "snakemake"), "-s", str(REPO / "Snakefile"), "-d", str(workdir), "--configfile",
-           str(workdir / "config.yaml"), "--cores", "2", "--resources", "gpu=1", "--workflow-profile", "none"]
+           str(workdir / "config.yaml"), "--cores", "4", "--resources", "gpu=1", "--workflow-profile", "none"]
     env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}"}
     proc = subprocess.Popen(cmd, cwd=workdir, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                             env=env, start_new_session=True)
