@@ -214,7 +214,6 @@ def image_features(path: Path) -> list[float]:
 
 def test_no_shortcut_from_global_statistics(tmp_path):
     """Size, file size, mean colour and JPEG quality must not give the label away."""
-    sklearn = pytest.importorskip("sklearn")
     from sklearn.ensemble import RandomForestClassifier
     from sklearn.linear_model import LogisticRegression
     from sklearn.metrics import roc_auc_score

@@ -57,7 +57,7 @@ def test_kill_mid_training_resumes_and_matches_uninterrupted_run(tiny_run, tmp_p
     state = tmp_path / "results/state/train_fold0/last.pt"
     assert run_until(tmp_path, state.exists), "workflow finished before training started"
     assert not (tmp_path / "results/submission.csv").exists()
-    proc = finish(tmp_path)
+    finish(tmp_path)
     log = (tmp_path / "results/logs/train_fold0.log").read_text()
     assert "resum" in log.lower(), log[-2000:]
     history = pd.read_csv(tmp_path / "results/models/fold0/history.csv")

@@ -91,8 +91,12 @@ def test_full_report_writes_every_file(run, tmp_path):
     part = oof[oof["fold"] == 1]
     assert fold1["auc"] == pytest.approx(binary_metrics(part["target"], part["y_pred"])["auc"])
     assert fold1["train_auc"] == 0.5  # a training figure never overwrites an OOF metric
-    assert (fold1["best_epoch"], fold1["train_seconds"], fold1["images_per_s"]) == (2, 13.5, 310.0)
+    assert fold1["best_epoch"] == 2
     assert "history" not in fold1  # only scalar training figures are copied
+    # timings vary between runs: in the table, not in metrics.json (identical across same-seed runs)
+    assert "train_seconds" not in fold1 and "images_per_s" not in fold1
+    table = pd.read_csv(tmp_path / "metrics_table.csv")
+    assert table.loc[table["fold"] == 1, ["train_seconds", "images_per_s"]].values.tolist() == [[13.5, 310.0]]
 
     assert set(metrics["val_by_method"]) == {"gan", "diffusion", "faceswap"}
     assert all(0.0 <= a <= 1.0 for a in metrics["val_by_method"].values())

@@ -182,7 +182,7 @@ def test_images_missing_from_cache_are_ignored_with_warning(cache, tmp_path):
 
 def test_bad_inputs_are_clear_errors(cache, tmp_path):
     _, index, folds = cache
-    with pytest.raises(ConfigError, match="train: unknown key"):
+    with pytest.raises(ConfigError, match=r"unknown config key 'train.epoch' \(did you mean 'train.epochs'\?\)"):
         run(cache, tmp_path, {"epoch": 3})
     with pytest.raises(ConfigError, match="train.batch_size"):
         run(cache, tmp_path, {"batch_size": 0})
@@ -243,7 +243,7 @@ def test_off_means_identity_and_options_change_images(photo):
 
 
 def test_bad_augment_config():
-    with pytest.raises(ConfigError, match="train.augment: unknown key"):
+    with pytest.raises(ConfigError, match="unknown config key .train.augment.rotate."):
         Augmenter({"rotate": 10})
     with pytest.raises(ConfigError, match="train.augment.hflip"):
         Augmenter({"hflip": 2})

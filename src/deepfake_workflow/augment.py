@@ -26,58 +26,24 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from .errors import ConfigError
+from .config import section_defaults, validate_section
 
-AUGMENT_DEFAULTS = {
-    "hflip": 0.5,
-    "vflip": 0.0,
-    "rrc_scale": [1.0, 1.0],
-    "jpeg_p": 0.0,
-    "jpeg_quality": [60, 95],
-    "color_jitter": 0.0,
-}
+AUGMENT_DEFAULTS = section_defaults("train")["augment"]
 _RATIO_RANGE = (math.log(3 / 4), math.log(4 / 3))
 _GRAY = (0.299, 0.587, 0.114)
-
-
-def _probability(cfg: dict, key: str, where: str) -> float:
-    value = cfg[key]
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value <= 1:
-        raise ConfigError(f"{where}.{key}: expected a probability in [0, 1], got {value!r}")
-    return float(value)
-
-
-def _pair(cfg: dict, key: str, where: str, low: float, high: float, kind=float) -> tuple:
-    value = cfg[key]
-    ok = (isinstance(value, (list, tuple)) and len(value) == 2
-          and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in value))
-    if ok:
-        a, b = kind(value[0]), kind(value[1])
-        ok = low <= a <= b <= high and a == value[0] and b == value[1]
-    if not ok:
-        raise ConfigError(f"{where}.{key}: expected [lo, hi] with {low} <= lo <= hi <= {high}"
-                          f"{' (integers)' if kind is int else ''}, got {value!r}")
-    return a, b
 
 
 class Augmenter:
     """Draws and applies the augmentation described by a `train.augment` dict."""
 
-    def __init__(self, cfg: dict | None = None, where: str = "train.augment"):
-        cfg = dict(cfg or {})
-        unknown = sorted(set(cfg) - set(AUGMENT_DEFAULTS))
-        if unknown:
-            raise ConfigError(f"{where}: unknown key(s) {', '.join(unknown)}; "
-                              f"known: {', '.join(AUGMENT_DEFAULTS)}")
-        cfg = {**AUGMENT_DEFAULTS, **cfg}
-        self.hflip = _probability(cfg, "hflip", where)
-        self.vflip = _probability(cfg, "vflip", where)
-        self.jpeg_p = _probability(cfg, "jpeg_p", where)
-        self.rrc_scale = _pair(cfg, "rrc_scale", where, 1e-3, 1.0)
-        self.jpeg_quality = _pair(cfg, "jpeg_quality", where, 1, 100, kind=int)
+    def __init__(self, cfg: dict | None = None):
+        cfg = validate_section("train", {"augment": cfg or {}})["augment"]
+        self.hflip = float(cfg["hflip"])
+        self.vflip = float(cfg["vflip"])
+        self.jpeg_p = float(cfg["jpeg_p"])
+        self.rrc_scale = tuple(float(v) for v in cfg["rrc_scale"])
+        self.jpeg_quality = tuple(int(v) for v in cfg["jpeg_quality"])
         jitter = cfg["color_jitter"]
-        if isinstance(jitter, bool) or not isinstance(jitter, (int, float)) or not 0 <= jitter < 1:
-            raise ConfigError(f"{where}.color_jitter: expected a strength in [0, 1), got {jitter!r}")
         self.color_jitter = float(jitter)
 
     @property

@@ -192,6 +192,16 @@ def _check_cross_field(config: dict) -> None:
         )
 
 
+def section_defaults(name: str) -> dict:
+    """The schema defaults of one config section (the library's single source of defaults)."""
+    return validate_config({})[name]
+
+
+def validate_section(name: str, values: dict | None) -> dict:
+    """One section validated against the schema, defaults filled in (library entry points)."""
+    return validate_config({name: copy.deepcopy(values or {})})[name]
+
+
 def load_config(path: str | Path | None = None, overrides: dict | None = None) -> dict:
     """Read a YAML config file (or none: all defaults), apply overrides, validate."""
     raw: dict = {}

@@ -15,7 +15,6 @@ The normalisation (mean/std) that the weights expect travels with the model in
 from __future__ import annotations
 
 import difflib
-import hashlib
 from pathlib import Path
 from typing import Mapping
 
@@ -23,6 +22,7 @@ import timm
 import torch
 from torch import nn
 
+from .download import sha256_file
 from .errors import ConfigError
 
 PACKAGE_PREFIX = "package:"
@@ -208,14 +208,6 @@ def read_weights_file(path: Path) -> tuple[dict, tuple | None]:
     if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
         raise ConfigError(f"model.pretrained: {str(path)!r} does not hold a state dict of tensors")
     return obj, norm
-
-
-def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        while block := fh.read(chunk):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def lite0_package_weights_path() -> Path:

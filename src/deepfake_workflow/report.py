@@ -17,17 +17,13 @@ import pandas as pd
 
 from . import __version__
 from .atomic import write_csv, write_json, write_text
-from .errors import ConfigError, DataError
-from .metrics import (THRESHOLD_POLICIES, MetricInputError, auc_by_method, binary_metrics,
+from .config import section_defaults, validate_section
+from .errors import DataError
+from .tables import require_columns
+from .metrics import (MetricInputError, auc_by_method, binary_metrics,
                       choose_threshold)
 
-DEFAULTS: dict = {
-    "threshold_policy": "youden",  # youden | eer | fpr | fixed, chosen on OOF data
-    "threshold_value": None,  # the FPR for policy fpr, the threshold for policy fixed
-    "gallery_size": 24,  # most confident validation mistakes shown; 0 = no gallery
-    "roc_log_scale": True,  # log FPR axis: shows the FPR = 1e-3 tie-break region
-    "histogram_bins": 50,
-}
+DEFAULTS: dict = section_defaults("report")  # from the config schema
 
 METRIC_KEYS = ("n", "n_fake", "n_real", "auc", "tpr_at_fpr_1e-3", "ap", "eer", "log_loss",
                "acc_at_0.5", "acc_at_threshold")
@@ -81,38 +77,27 @@ GLOSSARY = (
 )
 
 
+# Wall-clock figures vary from run to run: they go to the table and the HTML, not to
+# metrics.json, so two runs with the same seed give identical metrics.json files (DVC diffs).
+TIMING_KEYS = ("train_seconds", "images_per_s", "epoch_seconds")
+
+
+def _without_timings(metrics: dict) -> dict:
+    out = dict(metrics)
+    out["folds"] = {f: {k: v for k, v in entry.items() if k not in TIMING_KEYS}
+                    for f, entry in metrics["folds"].items()}
+    return out
+
+
 def report_config(report_cfg: Mapping | None) -> dict:
-    """DEFAULTS overlaid with `report_cfg`; checks types and ranges of the known keys."""
-    cfg = {**DEFAULTS, **(report_cfg or {})}
-    if cfg["threshold_policy"] not in THRESHOLD_POLICIES:
-        raise ConfigError(f"report.threshold_policy: {cfg['threshold_policy']!r} is not one of "
-                          f"{THRESHOLD_POLICIES}")
-    for key in ("gallery_size", "histogram_bins"):
-        value = cfg[key]
-        if isinstance(value, bool) or not isinstance(value, int) or value < (0 if key == "gallery_size" else 1):
-            raise ConfigError(f"report.{key}: expected a {'non-negative' if key == 'gallery_size' else 'positive'} "
-                              f"integer, got {value!r}")
-    if not isinstance(cfg["roc_log_scale"], bool):
-        raise ConfigError(f"report.roc_log_scale: expected true or false, got {cfg['roc_log_scale']!r}")
-    value = cfg["threshold_value"]
-    if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))):
-        raise ConfigError(f"report.threshold_value: expected a number or null, got {value!r}")
-    return cfg
-
-
-def _require_columns(df: pd.DataFrame, columns: tuple[str, ...], what: str) -> None:
-    missing = [c for c in columns if c not in df.columns]
-    if missing:
-        raise DataError(f"{what}: missing column(s) {missing}; has {list(df.columns)}")
-    dup = df["img_name"][df["img_name"].duplicated()]
-    if len(dup):
-        raise DataError(f"{what}: img_name {dup.iloc[0]!r} appears more than once")
+    """`report_cfg` checked against the config schema, defaults filled in."""
+    return validate_section("report", dict(report_cfg or {}))
 
 
 def _join_val(val_pred: pd.DataFrame, val_labels: pd.DataFrame) -> pd.DataFrame:
     """Validation predictions with their labels; every labelled image must be predicted."""
-    _require_columns(val_pred, ("img_name", "y_pred"), "validation predictions")
-    _require_columns(val_labels, ("img_name", "target"), "validation labels")
+    require_columns(val_pred, ("img_name", "y_pred"), "validation predictions")
+    require_columns(val_labels, ("img_name", "target"), "validation labels")
     val = val_labels[["img_name", "target"]].merge(val_pred[["img_name", "y_pred"]], on="img_name",
                                                    how="outer", indicator=True)
     for side, what in (("left_only", "has a label but no prediction"),
@@ -284,7 +269,7 @@ def build_report(*, histories: dict[int, pd.DataFrame], fold_metrics: dict[int, 
     cfg = report_config(report_cfg)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    _require_columns(oof, ("img_name", "target", "y_pred", "fold"), "out-of-fold predictions")
+    require_columns(oof, ("img_name", "target", "y_pred", "fold"), "out-of-fold predictions")
     val = _join_val(val_pred, val_labels)
 
     try:
@@ -316,7 +301,7 @@ def build_report(*, histories: dict[int, pd.DataFrame], fold_metrics: dict[int, 
 
     by_method = {}
     if methods is not None:
-        _require_columns(methods, ("img_name", "method"), "method table")
+        require_columns(methods, ("img_name", "method"), "method table")
         method_of = val[["img_name"]].merge(methods[["img_name", "method"]], on="img_name", how="left")["method"]
         by_method = auc_by_method(y_val, s_val, method_of)
         metrics["val_by_method"] = {m: r["auc"] for m, r in by_method.items()}
@@ -360,7 +345,7 @@ def build_report(*, histories: dict[int, pd.DataFrame], fold_metrics: dict[int, 
     metrics["plots"] = sorted(written)
     metrics["submission"] = dict(submission_info)
     metrics = _plain(metrics)
-    write_json(out_dir / "metrics.json", metrics, allow_nan=False)
+    write_json(out_dir / "metrics.json", _without_timings(metrics), allow_nan=False)
     rows = _table_rows(metrics)
     table = pd.DataFrame(rows)
     for column in table.columns:  # integer columns with gaps stay integers (2, not 2.0)
@@ -370,4 +355,4 @@ def build_report(*, histories: dict[int, pd.DataFrame], fold_metrics: dict[int, 
     write_csv(table, out_dir / "metrics_table.csv")
     ordered = {name: written[name] for name in PLOT_EXPLANATIONS if name in written}
     write_text(out_dir / "report.html", _html_report(metrics, ordered))
-    return metrics
+    return _without_timings(metrics)

@@ -7,7 +7,6 @@ uninterrupted run would, and the number of loader workers does not change result
 """
 from __future__ import annotations
 
-import copy
 import hashlib
 import json
 import math
@@ -25,30 +24,16 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from .atomic import atomic_path, write_csv, write_json
-from .augment import AUGMENT_DEFAULTS, Augmenter
+from .augment import Augmenter
+from .config import section_defaults, validate_section
 from .devices import resolve_device
 from .errors import ConfigError, DataError
 from .inference import (BatchPlan, CacheBatches, autocast, make_loader, normalisation,
                         predict_log_probs, prepare_batch, resolve_precision, sequential_keys)
 from .models import create_model, data_config
+from .tables import require_columns
 
-DEFAULTS = {
-    "epochs": 5,
-    "lr": 5.0e-4,
-    "weight_decay": 0.05,
-    "batch_size": 32,
-    "warmup_epochs": 1.0,
-    "label_smoothing": 0.0,
-    "ema": True,
-    "ema_decay": 0.998,
-    "early_stopping_patience": 0,
-    "num_workers": 2,
-    "device": "auto",
-    "precision": "auto",
-    "channels_last": "auto",
-    "augment": dict(AUGMENT_DEFAULTS),
-    "max_train_batches": None,
-}
+DEFAULTS = section_defaults("train")  # from the config schema: one place for defaults
 HISTORY_COLUMNS = ["epoch", "train_loss", "train_acc", "val_loss", "val_acc", "val_auc", "lr",
                    "images_per_s", "epoch_seconds"]
 # Keys that change speed but not results: a run may resume with other values.
@@ -57,46 +42,10 @@ _NOT_FINGERPRINTED = ("num_workers",)
 
 # ----------------------------------------------------------------------------- config
 
-def _check(cfg: dict, key: str, ok: bool, expected: str) -> None:
-    if not ok:
-        raise ConfigError(f"train.{key}: expected {expected}, got {cfg[key]!r}")
-
-
-def _is_int(v) -> bool:
-    return isinstance(v, int) and not isinstance(v, bool)
-
-
-def _is_num(v) -> bool:
-    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
-
-
 def resolve_train_cfg(train_cfg: dict | None) -> dict:
-    """`train_cfg` merged over DEFAULTS and checked; unknown keys are a ConfigError."""
-    train_cfg = dict(train_cfg or {})
-    unknown = sorted(set(train_cfg) - set(DEFAULTS))
-    if unknown:
-        raise ConfigError(f"train: unknown key(s) {', '.join(unknown)}; known: {', '.join(DEFAULTS)}")
-    cfg = {**copy.deepcopy(DEFAULTS), **train_cfg}
-    cfg["augment"] = {**AUGMENT_DEFAULTS, **(train_cfg.get("augment") or {})}
-    _check(cfg, "epochs", _is_int(cfg["epochs"]) and cfg["epochs"] >= 1, "an integer >= 1")
-    _check(cfg, "lr", _is_num(cfg["lr"]) and cfg["lr"] > 0, "a number > 0")
-    _check(cfg, "weight_decay", _is_num(cfg["weight_decay"]) and cfg["weight_decay"] >= 0, "a number >= 0")
-    _check(cfg, "batch_size", _is_int(cfg["batch_size"]) and cfg["batch_size"] >= 2, "an integer >= 2")
-    _check(cfg, "warmup_epochs", _is_num(cfg["warmup_epochs"]) and cfg["warmup_epochs"] >= 0, "a number >= 0")
-    _check(cfg, "label_smoothing", _is_num(cfg["label_smoothing"]) and 0 <= cfg["label_smoothing"] < 1,
-           "a number in [0, 1)")
-    _check(cfg, "ema", isinstance(cfg["ema"], bool), "true or false")
-    _check(cfg, "ema_decay", _is_num(cfg["ema_decay"]) and 0 < cfg["ema_decay"] < 1, "a number in (0, 1)")
-    _check(cfg, "early_stopping_patience", _is_int(cfg["early_stopping_patience"])
-           and cfg["early_stopping_patience"] >= 0, "an integer >= 0 (0 = off)")
-    _check(cfg, "num_workers", _is_int(cfg["num_workers"]) and cfg["num_workers"] >= 0, "an integer >= 0")
-    _check(cfg, "device", cfg["device"] in ("auto", "cpu", "cuda"), "'auto', 'cpu' or 'cuda'")
-    _check(cfg, "precision", cfg["precision"] in ("auto", "bf16", "fp32"), "'auto', 'bf16' or 'fp32'")
-    _check(cfg, "channels_last", cfg["channels_last"] in ("auto", True, False), "'auto', true or false")
-    _check(cfg, "max_train_batches", cfg["max_train_batches"] is None
-           or (_is_int(cfg["max_train_batches"]) and cfg["max_train_batches"] >= 1),
-           "null or an integer >= 1")
-    Augmenter(cfg["augment"])  # validates train.augment.*
+    """`train_cfg` checked against the config schema, defaults filled in."""
+    cfg = validate_section("train", train_cfg)
+    Augmenter(cfg["augment"])
     return cfg
 
 
@@ -106,17 +55,8 @@ def select_fold_rows(index: pd.DataFrame, folds: pd.DataFrame, fold: int) -> tup
     """Cache rows for training (fold != `fold`) and held-out (fold == `fold`), and the
     0/1 target of every cache row (-1 where unused). Names in folds.csv that are not
     in the cache (images skipped as unreadable) are dropped with a warning."""
-    for name, table, cols in (("index.csv", index, ("img_name", "target")),
-                              ("folds.csv", folds, ("img_name", "target", "fold"))):
-        missing = [c for c in cols if c not in table.columns]
-        if missing:
-            raise DataError(f"{name}: missing column(s) {', '.join(missing)}")
-    duplicated = index["img_name"][index["img_name"].duplicated()]
-    if len(duplicated):
-        raise DataError(f"index.csv: img_name {duplicated.iloc[0]!r} appears more than once")
-    duplicated = folds["img_name"][folds["img_name"].duplicated()]
-    if len(duplicated):
-        raise DataError(f"folds.csv: img_name {duplicated.iloc[0]!r} appears more than once")
+    require_columns(index, ("img_name", "target"), "index.csv")
+    require_columns(folds, ("img_name", "target", "fold"), "folds.csv")
     fold_ids = sorted(pd.unique(folds["fold"]).tolist())
     if fold not in fold_ids:
         raise ConfigError(f"fold {fold} is not in folds.csv (folds there: {fold_ids})")
@@ -334,7 +274,7 @@ def train_fold(*, images: np.ndarray, index: pd.DataFrame, folds: pd.DataFrame, 
     is saved. Returns the fold metrics (also in metrics.json).
     """
     cfg = resolve_train_cfg(train_cfg)
-    if not _is_int(seed) or seed < 0:
+    if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
         raise ConfigError(f"seed: expected an integer >= 0, got {seed!r}")
     if "name" not in model_cfg:
         raise ConfigError("model.name: missing")

@@ -1,0 +1,111 @@
+"""The data stages on data laid out like the real set: a local copy read in place, and
+archives served by a real HTTP server on loopback (phase1 and phase2 as separate archives)."""
+import hashlib
+import io
+import json
+import tarfile
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from conftest import snakemake, write_config
+from deepfake_workflow.demo import write_demo_dataset
+from http_server import LoopbackServer
+
+DATA_TARGETS = ["results/folds.csv", "results/cache/train/images.npy", "results/cache/val/images.npy"]
+SMALL = {"n_train": 30, "n_val": 20, "n_test": 15, "min_size": 80, "max_size": 120}
+
+
+@pytest.fixture(scope="module")
+def real_layout(tmp_path_factory):
+    """A copy in the Multi-FFDI layout (made with the demo generator, then renamed like the real set)."""
+    root = tmp_path_factory.mktemp("multiFFDI")
+    write_demo_dataset(root / "copy", seed=11, **SMALL)
+    return root / "copy"
+
+
+def cache_names(workdir, split):
+    return pd.read_csv(workdir / f"results/cache/{split}/index.csv")["img_name"].tolist()
+
+
+def test_local_copy_is_read_in_place_and_phase2_is_the_test_split(real_layout, tmp_path):
+    write_config(tmp_path, {"data": {"source": "local", "root": str(real_layout)}, "cache": {"size": 24},
+                            "folds": {"k": 2}})
+    snakemake(tmp_path, *DATA_TARGETS, "results/cache/test/images.npy")
+    manifest = json.loads((tmp_path / "results/data/dataset.json").read_text())
+    assert manifest["source"] == "local" and manifest["test_source"] == "test"
+    assert manifest["splits"]["train"]["images"] == str(real_layout / "phase1/trainset")
+    assert not (tmp_path / "results/data/raw").exists(), "local data must not be copied"
+    labels = pd.read_csv(real_layout / "phase1/trainset_label.txt")
+    assert cache_names(tmp_path, "train") == labels["img_name"].tolist()
+    assert len(cache_names(tmp_path, "test")) == SMALL["n_test"]
+
+
+def test_local_copy_without_phase2_scores_the_validation_split(real_layout, tmp_path):
+    phase1_only = tmp_path / "phase1_only"
+    phase1_only.mkdir()
+    (phase1_only / "phase1").symlink_to(real_layout / "phase1")
+    write_config(tmp_path, {"data": {"source": "local", "root": str(phase1_only)}, "cache": {"size": 24},
+                            "folds": {"k": 2}})
+    proc = snakemake(tmp_path, "-n")
+    assert "results/cache/test" not in proc.stdout + proc.stderr  # test predictions read the val cache
+    assert "predictions/fold0/test.csv" in proc.stdout
+
+
+def test_editing_a_local_label_file_reruns_the_data_stages(real_layout, tmp_path):
+    write_config(tmp_path, {"data": {"source": "local", "root": str(real_layout)}, "cache": {"size": 24},
+                            "folds": {"k": 2}})
+    snakemake(tmp_path, *DATA_TARGETS)
+    (real_layout / "phase1/trainset_label.txt").touch()
+    proc = snakemake(tmp_path, "-n", *DATA_TARGETS)
+    assert "fetch_data" in proc.stdout
+
+
+def tar_of(root, top):
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w:gz") as tar:
+        tar.add(root / top, arcname=top)
+    return buf.getvalue()
+
+
+def test_archives_downloaded_over_http_verified_and_extracted(real_layout, tmp_path):
+    archives = {"/multiFFDI-phase1.tar.gz": tar_of(real_layout, "phase1"),
+                "/multiFFDI-phase2.tar.gz": tar_of(real_layout, "phase2")}
+    with LoopbackServer(archives) as server:
+        urls = [{"url": server.url(p), "sha256": hashlib.sha256(body).hexdigest()} for p, body in archives.items()]
+        write_config(tmp_path, {"data": {"source": "url", "urls": urls}, "cache": {"size": 24}, "folds": {"k": 2}})
+        snakemake(tmp_path, *DATA_TARGETS, "results/cache/test/images.npy")
+    raw = tmp_path / "results/data/raw"
+    assert (raw / "phase1/trainset_label.txt").read_bytes() == (real_layout / "phase1/trainset_label.txt").read_bytes()
+    assert len(cache_names(tmp_path, "test")) == SMALL["n_test"]
+    images = np.load(tmp_path / "results/cache/val/images.npy", mmap_mode="r")
+    assert images.shape == (SMALL["n_val"], 24, 24, 3)
+
+
+def test_bad_checksum_fails_the_fetch_with_a_clear_error(real_layout, tmp_path):
+    body = tar_of(real_layout, "phase1")
+    with LoopbackServer({"/phase1.tar.gz": body}) as server:
+        write_config(tmp_path, {"data": {"source": "url", "urls": [{"url": server.url("/phase1.tar.gz"),
+                                                                       "sha256": "0" * 64}]}})
+        proc = snakemake(tmp_path, "results/data/dataset.json", check=False)
+    assert proc.returncode != 0
+    assert "sha256" in (proc.stdout + proc.stderr).lower()
+    assert not (tmp_path / "results/data/dataset.json").exists()
+
+
+def test_missing_image_in_local_copy_names_file_and_row(real_layout, tmp_path):
+    broken = tmp_path / "broken"
+    (broken / "phase1").mkdir(parents=True)
+    for name in ("valset", "valset_label.txt", "trainset_label.txt"):
+        (broken / "phase1" / name).symlink_to(real_layout / "phase1" / name)
+    (broken / "phase1/trainset").mkdir()
+    labels = pd.read_csv(real_layout / "phase1/trainset_label.txt")
+    for name in labels["img_name"][1:]:
+        (broken / "phase1/trainset" / name).symlink_to(real_layout / "phase1/trainset" / name)
+    work = tmp_path / "work"
+    work.mkdir()
+    write_config(work, {"data": {"source": "local", "root": str(broken)}})
+    proc = snakemake(work, "results/data/dataset.json", check=False)
+    out = proc.stdout + proc.stderr
+    assert proc.returncode != 0 and "row 2" in out and labels["img_name"][0] in out
