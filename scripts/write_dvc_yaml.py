@@ -25,6 +25,8 @@ import yaml
 REPO = Path(__file__).resolve().parents[1]
 CORES = 4  # thread counts baked into the DVC commands (DVC has no scheduler)
 METRICS = ["results/reports/metrics.json"]
+# Pipeline order for a stable, readable file (the dry run lists jobs in no fixed order).
+RULE_ORDER = ["fetch_data", "build_cache", "make_folds", "train", "predict", "report", "submit"]
 
 
 def dry_run_jobs(workdir: Path, configfile: str) -> list[dict]:
@@ -148,7 +150,9 @@ def build_dvc_yaml(configfile: str, workdir: Path = REPO) -> dict:
     for job in jobs:
         by_rule.setdefault(job["rule"], []).append(job)
     stages = {}
-    for rule, rule_jobs in by_rule.items():
+    ordered = sorted(by_rule, key=lambda r: (RULE_ORDER.index(r) if r in RULE_ORDER else len(RULE_ORDER), r))
+    for rule in ordered:
+        rule_jobs = by_rule[rule]
         rule_jobs.sort(key=lambda j: [natural(v) for v in j["wildcards"].values()])
         stage = stage_for(rule_jobs, full, raw)
         if stage is not None:
