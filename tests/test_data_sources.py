@@ -3,13 +3,14 @@ archives served by a real HTTP server on loopback (phase1 and phase2 as separate
 import hashlib
 import io
 import json
+import shutil
 import tarfile
 
 import numpy as np
 import pandas as pd
 import pytest
 
-from conftest import snakemake, write_config
+from conftest import jobs_run, snakemake, write_config
 from deepfake_workflow.demo import write_demo_dataset
 from http_server import LoopbackServer
 
@@ -54,12 +55,21 @@ def test_local_copy_without_phase2_scores_the_validation_split(real_layout, tmp_
 
 
 def test_editing_a_local_label_file_reruns_the_data_stages(real_layout, tmp_path):
-    write_config(tmp_path, {"data": {"source": "local", "root": str(real_layout)}, "cache": {"size": 24},
-                            "folds": {"k": 2}})
-    snakemake(tmp_path, *DATA_TARGETS)
-    (real_layout / "phase1/trainset_label.txt").touch()
-    proc = snakemake(tmp_path, "-n", *DATA_TARGETS)
-    assert "fetch_data" in proc.stdout
+    copy = tmp_path / "copy"
+    shutil.copytree(real_layout, copy, symlinks=True)
+    work = tmp_path / "work"
+    work.mkdir()
+    write_config(work, {"data": {"source": "local", "root": str(copy)}, "cache": {"size": 24}, "folds": {"k": 2}})
+    snakemake(work, *DATA_TARGETS)
+    labels = copy / "phase1/trainset_label.txt"
+    labels.touch()  # a new mtime alone is not a change (Snakemake compares small inputs by checksum)
+    assert "Nothing to be done" in snakemake(work, "-n", *DATA_TARGETS).stdout
+    df = pd.read_csv(labels)
+    df.loc[0, "target"] = 1 - df.loc[0, "target"]  # a relabelled image
+    df.to_csv(labels, index=False)
+    proc = snakemake(work, *DATA_TARGETS)
+    assert {"fetch_data", "make_folds"} <= set(jobs_run(proc))
+    assert pd.read_csv(work / "results/folds.csv").loc[0, "target"] == df.loc[0, "target"]
 
 
 def tar_of(root, top):

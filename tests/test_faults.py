@@ -1,5 +1,4 @@
 """Killed jobs: `kill -9` mid-way, re-run, and the results equal those of an uninterrupted run."""
-import json
 import os
 import signal
 import subprocess
@@ -44,11 +43,9 @@ def finish(workdir):
 
 
 def assert_same_results(workdir, reference):
-    for rel in ["results/submission.csv", "results/folds.csv"]:
+    """Byte-identical folds, submission and metrics.json (determinism on the CPU)."""
+    for rel in ["results/submission.csv", "results/folds.csv", "results/reports/metrics.json"]:
         assert (workdir / rel).read_bytes() == (reference / rel).read_bytes(), rel
-    got = json.loads((workdir / "results/reports/metrics.json").read_text())
-    want = json.loads((reference / "results/reports/metrics.json").read_text())
-    assert got["val"] == want["val"] and got["oof"] == want["oof"]
     assert not list((workdir / "results").rglob(".tmp-*"))
 
 

@@ -1,6 +1,8 @@
 """End-to-end: the real Snakemake workflow on a tiny demo, and what a second run re-runs."""
 import json
 import shutil
+import subprocess
+import sys
 
 import numpy as np
 import pandas as pd
@@ -117,3 +119,27 @@ def test_lint_has_no_findings():
     out = proc.stdout + proc.stderr
     assert proc.returncode == 0, out
     assert "Lints for" not in out, out
+
+
+def test_score_images_matches_the_pipeline_predictions(tiny_run, tmp_path):
+    """Image paths in, P(fake) out: the same numbers as the predict stage on the same images."""
+    workdir, _ = tiny_run
+    res = workdir / "results"
+    out = tmp_path / "scores.csv"
+    proc = subprocess.run([sys.executable, str(REPO / "scripts/score_images.py"), "--checkpoint",
+                           res / "models/fold0/best.pt", res / "data/raw/phase2/testset1_seen", "-o", out,
+                           "--device", "cpu"], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    scores = pd.read_csv(out)
+    scores["img_name"] = scores["img_name"].map(lambda p: p.rsplit("/", 1)[-1])
+    expected = pd.read_csv(res / "predictions/fold0/test.csv")
+    merged = expected.merge(scores, on="img_name", suffixes=("_predict", "_score"))
+    assert len(merged) == len(expected) == TINY_CONFIG["data"]["demo"]["n_test"]
+    assert np.allclose(merged["y_pred_predict"], merged["y_pred_score"], atol=1e-5)
+
+
+def test_score_images_on_a_missing_path_is_a_clear_error(tiny_run, tmp_path):
+    checkpoint = tiny_run[0] / "results/models/fold0/best.pt"
+    proc = subprocess.run([sys.executable, str(REPO / "scripts/score_images.py"), "--checkpoint", checkpoint,
+                           tmp_path / "nope"], capture_output=True, text=True)
+    assert proc.returncode == 2 and "input not found" in proc.stderr

@@ -40,8 +40,8 @@ def atomic_path(path: str | os.PathLike, *, is_dir: bool = False) -> Iterator[Pa
     tmp = _tmp_sibling(final, is_dir)
     try:
         yield tmp
-        if not is_dir:
-            os.chmod(tmp, 0o644)
+        # mkstemp/mkdtemp create owner-only entries; outputs are ordinary shared files.
+        os.chmod(tmp, 0o755 if is_dir else 0o644)
         if final.exists() or final.is_symlink():
             _remove(final)
         os.replace(tmp, final)

@@ -39,6 +39,11 @@ def run_main(main: Callable[[], None]) -> None:
     except WorkflowError as exc:
         print(f"error: {exc}", file=sys.stderr)
         sys.exit(2)
+    except OSError as exc:
+        # Disk full, unwritable folder, file too large: the message names the path. Outputs are
+        # written atomically, so nothing that looks finished was left behind.
+        print(f"error: cannot read or write a file: {exc}", file=sys.stderr)
+        sys.exit(2)
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         sys.exit(130)

@@ -265,8 +265,12 @@ def _load_state(path: Path, fp: str) -> dict | None:
 
 def train_fold(*, images: np.ndarray, index: pd.DataFrame, folds: pd.DataFrame, fold: int,
                model_cfg: dict, train_cfg: dict, seed: int, out_dir: Path, state_dir: Path,
-               progress: bool = True, on_epoch_end: Callable[[dict], None] | None = None) -> dict:
+               progress: bool = True, on_epoch_end: Callable[[dict], None] | None = None,
+               checkpoint_meta: dict | None = None) -> dict:
     """Train one fold; write best.pt, history.csv, oof.csv and metrics.json to `out_dir`.
+
+    `checkpoint_meta` (plain values, e.g. the cache's resize mode) is stored in best.pt so
+    that scoring new images later prepares them exactly as the cache did.
 
     `state_dir/last.pt` is written after every epoch and picked up on the next call with
     the same configuration, which resumes from the next epoch; it is deleted once the
@@ -384,19 +388,20 @@ def _train(images, index, fold, model_cfg, cfg, seed, out_dir, state_dir, last_p
 
     metrics = _write_outputs(out_dir, index, targets, val_rows, fold, model_cfg, best, history,
                              norm, images.shape[1], train_seconds, train_images, n_params, device,
-                             ctx.precision, stopped)
+                             ctx.precision, stopped, checkpoint_meta or {})
     last_path.unlink(missing_ok=True)
     return metrics
 
 
 def _write_outputs(out_dir, index, targets, val_rows, fold, model_cfg, best, history, norm,
-                   image_size, train_seconds, train_images, n_params, device, precision, stopped) -> dict:
+                   image_size, train_seconds, train_images, n_params, device, precision, stopped,
+                   checkpoint_meta) -> dict:
     out_dir.mkdir(parents=True, exist_ok=True)
     save_torch_atomic({
         "state_dict": best["state_dict"], "model_name": model_cfg["name"], "num_classes": 2,
         "mean": [float(v) for v in norm["mean"]], "std": [float(v) for v in norm["std"]],
         "image_size": int(image_size), "epoch": int(best["epoch"]), "val_auc": float(best["val_auc"]),
-        "fold": int(fold), "pretrained": str(model_cfg.get("pretrained", False)),
+        "fold": int(fold), "pretrained": str(model_cfg.get("pretrained", False)), **checkpoint_meta,
     }, out_dir / "best.pt")
     write_csv(pd.DataFrame(history, columns=HISTORY_COLUMNS), out_dir / "history.csv")
     write_csv(pd.DataFrame({"img_name": index["img_name"].to_numpy()[val_rows],
