@@ -3,6 +3,7 @@
 fake probability out, as CSV img_name,y_pred (the competition's final-phase test API).
 
     python scripts/score_images.py --checkpoint results/models/fold0/best.pt photos/ -o scores.csv
+    python scripts/score_images.py -c results/models/fold0/best.pt -c results/models/fold1/best.pt a.jpg b.png
 """
 import argparse
 from pathlib import Path
@@ -14,8 +15,8 @@ from deepfake_workflow.scoring import collect_image_paths, score_paths
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("inputs", nargs="+", type=Path, help="image files, folders, or .txt/.csv lists of paths")
-    parser.add_argument("--checkpoint", required=True, type=Path, nargs="+",
-                        help="one or more best.pt files; several are averaged (an ensemble)")
+    parser.add_argument("-c", "--checkpoint", required=True, type=Path, action="append",
+                        help="a best.pt file; repeat to average several (an ensemble)")
     parser.add_argument("-o", "--out", type=Path, default=None, help="CSV to write (default: print)")
     parser.add_argument("--size", type=int, default=None, help="cache size the model was trained at (default: from checkpoint)")
     parser.add_argument("--resize", default=None, help="resize mode (default: from checkpoint or squash)")

@@ -143,3 +143,20 @@ def test_push_clone_pull_restores_everything_and_snakemake_agrees(repro_project,
     snakemake(clone, "--touch")
     proc = snakemake(clone, "-n")
     assert "Nothing to be done" in proc.stdout + proc.stderr, jobs_run(proc)
+
+
+def test_experiments_metrics_and_plots(repro_project, tmp_path):
+    project = tmp_path / "p"
+    shutil.copytree(repro_project[0], project, symlinks=True)
+    sh(project, "git", "add", "-A")
+    sh(project, "git", "commit", "--allow-empty", "-qm", "baseline result")
+    exp = dvc(project, "exp", "run", "-S", "config.yaml:report.gallery_size=3")
+    assert stages_run(exp) == {"report"}
+    shown = dvc(project, "exp", "show", "--json").stdout
+    assert "gallery_size" in shown and "auc" in shown
+    diff = dvc(project, "metrics", "diff", "--json").stdout
+    assert diff.strip().startswith("{")
+    out = tmp_path / "plots"
+    dvc(project, "plots", "show", "-o", str(out))
+    html = (out / "index.html").read_text()
+    assert "history_csv" in html and "roc.png" in html  # the per-fold training histories and report plots

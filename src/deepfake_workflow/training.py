@@ -300,13 +300,14 @@ def train_fold(*, images: np.ndarray, index: pd.DataFrame, folds: pd.DataFrame, 
         torch.backends.cudnn.benchmark = True
     try:
         return _train(images, index, fold, model_cfg, cfg, seed, out_dir, state_dir, last_path,
-                      state, fp, train_rows, val_rows, targets, device, progress, on_epoch_end)
+                      state, fp, train_rows, val_rows, targets, device, progress, on_epoch_end,
+                      checkpoint_meta or {})
     finally:
         torch.use_deterministic_algorithms(previous_determinism)
 
 
 def _train(images, index, fold, model_cfg, cfg, seed, out_dir, state_dir, last_path, state, fp,
-           train_rows, val_rows, targets, device, progress, on_epoch_end) -> dict:
+           train_rows, val_rows, targets, device, progress, on_epoch_end, checkpoint_meta) -> dict:
     torch.manual_seed(derive_seed(seed, fold, 0, 0))  # head / random init
     model = create_model(model_cfg["name"], model_cfg.get("pretrained", False), num_classes=2)
     norm = data_config(model)
@@ -388,7 +389,7 @@ def _train(images, index, fold, model_cfg, cfg, seed, out_dir, state_dir, last_p
 
     metrics = _write_outputs(out_dir, index, targets, val_rows, fold, model_cfg, best, history,
                              norm, images.shape[1], train_seconds, train_images, n_params, device,
-                             ctx.precision, stopped, checkpoint_meta or {})
+                             ctx.precision, stopped, checkpoint_meta)
     last_path.unlink(missing_ok=True)
     return metrics
 
