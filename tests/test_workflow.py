@@ -143,3 +143,11 @@ def test_score_images_on_a_missing_path_is_a_clear_error(tiny_run, tmp_path):
     proc = subprocess.run([sys.executable, str(REPO / "scripts/score_images.py"), "--checkpoint", checkpoint,
                            tmp_path / "nope"], capture_output=True, text=True)
     assert proc.returncode == 2 and "input not found" in proc.stderr
+
+
+def test_snakemake_report_is_browsable(tiny_run, tmp_path):
+    workdir, _ = tiny_run
+    out = tmp_path / "snakemake_report.html"
+    snakemake(workdir, "--report", str(out))
+    html = out.read_text()
+    assert out.stat().st_size > 10_000 and "roc.png" in html and "submission.csv" in html
