@@ -7,7 +7,7 @@ import pandas as pd
 
 from deepfake_workflow.atomic import write_csv
 from deepfake_workflow.cache import open_cache
-from deepfake_workflow.cli import add_config_args, config_from_args, gpu_slot, run_main, set_threads
+from deepfake_workflow.cli import add_compute_args, add_config_args, config_from_args, gpu_slot, run_main, set_threads
 
 
 def main() -> None:
@@ -16,9 +16,7 @@ def main() -> None:
     parser.add_argument("--checkpoint", required=True, type=Path)
     parser.add_argument("--cache-dir", required=True, type=Path)
     parser.add_argument("--out", required=True, type=Path)
-    parser.add_argument("--gpu-locks", type=Path, default=None)
-    parser.add_argument("--threads", type=int, default=None)
-    parser.add_argument("--no-progress", action="store_true")
+    add_compute_args(parser)
     args = parser.parse_args()
     config = config_from_args(args)
     set_threads(args.threads)

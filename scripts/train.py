@@ -6,7 +6,7 @@ from pathlib import Path
 import pandas as pd
 
 from deepfake_workflow.cache import open_cache, read_cache_info
-from deepfake_workflow.cli import add_config_args, config_from_args, gpu_slot, run_main, set_threads
+from deepfake_workflow.cli import add_compute_args, add_config_args, config_from_args, gpu_slot, run_main, set_threads
 
 
 def main() -> None:
@@ -17,9 +17,7 @@ def main() -> None:
     parser.add_argument("--fold", required=True, type=int)
     parser.add_argument("--out-dir", required=True, type=Path)
     parser.add_argument("--state-dir", required=True, type=Path, help="resume checkpoint (kept across kills)")
-    parser.add_argument("--gpu-locks", type=Path, default=None, help="lock files that give each job its own GPU")
-    parser.add_argument("--threads", type=int, default=None)
-    parser.add_argument("--no-progress", action="store_true")
+    add_compute_args(parser)
     args = parser.parse_args()
     config = config_from_args(args)
     set_threads(args.threads)

@@ -5,6 +5,7 @@ import argparse
 import contextlib
 import json
 import sys
+from pathlib import Path
 from typing import Callable
 
 from .config import load_config, parse_override, validate_config
@@ -18,6 +19,13 @@ def add_config_args(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--config-json", help="config sections as JSON (what the Snakefile passes)")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                         help="override one config value, e.g. --set train.lr=1.0e-3 (repeatable)")
+
+
+def add_compute_args(parser: argparse.ArgumentParser) -> None:
+    """Arguments of the stages that run a model: GPU lock folder, CPU threads, progress bars."""
+    parser.add_argument("--gpu-locks", type=Path, default=None, help="lock files that give each job its own GPU")
+    parser.add_argument("--threads", type=int, default=None, help="CPU threads the scheduler gave the job")
+    parser.add_argument("--no-progress", action="store_true")
 
 
 def config_from_args(args: argparse.Namespace) -> dict:
