@@ -9,6 +9,7 @@ import argparse
 from pathlib import Path
 
 from deepfake_workflow.cli import run_main
+from deepfake_workflow.config import schema_choices
 from deepfake_workflow.scoring import collect_image_paths, score_paths
 
 
@@ -20,8 +21,8 @@ def main() -> None:
     parser.add_argument("-o", "--out", type=Path, default=None, help="CSV to write (default: print)")
     parser.add_argument("--size", type=int, default=None, help="cache size the model was trained at (default: from checkpoint)")
     parser.add_argument("--resize", default=None, help="resize mode (default: from checkpoint or squash)")
-    parser.add_argument("--tta", choices=["none", "hflip"], default="none")
-    parser.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
+    parser.add_argument("--tta", choices=schema_choices("predict.tta"), default="none")
+    parser.add_argument("--device", choices=schema_choices("train.device"), default="auto")
     parser.add_argument("--batch-size", type=int, default=64)
     args = parser.parse_args()
     paths = collect_image_paths(args.inputs)

@@ -26,9 +26,8 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from .config import section_defaults, validate_section
+from .config import validate_section
 
-AUGMENT_DEFAULTS = section_defaults("train")["augment"]
 _RATIO_RANGE = (math.log(3 / 4), math.log(4 / 3))
 _GRAY = (0.299, 0.587, 0.114)
 

@@ -192,6 +192,14 @@ def _check_cross_field(config: dict) -> None:
         )
 
 
+def schema_choices(key: str) -> tuple:
+    """The allowed values of an enum config key (e.g. "cache.resize"), from the schema."""
+    node = load_schema()
+    for part in key.split("."):
+        node = node["properties"][part]
+    return tuple(node["enum"])
+
+
 def section_defaults(name: str) -> dict:
     """The schema defaults of one config section (the library's single source of defaults)."""
     return validate_config({})[name]

@@ -18,9 +18,10 @@ from typing import Iterator, MutableMapping
 
 import torch
 
+from .config import schema_choices
 from .errors import ConfigError, WorkflowError
 
-DEVICE_CHOICES = ("auto", "cpu", "cuda")
+DEVICE_CHOICES = schema_choices("train.device")
 
 
 def resolve_device(requested: str, key: str = "train.device") -> torch.device:

@@ -32,9 +32,10 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageOps
 
+from .config import schema_choices
 from .errors import DataError
 
-RESIZE_MODES = ("squash", "center_crop", "letterbox", "native_crop")
+RESIZE_MODES = schema_choices("cache.resize")
 
 _RESAMPLE = Image.Resampling.BICUBIC
 _ALPHA_MODES = {"LA", "La", "PA", "RGBA", "RGBa"}

@@ -21,12 +21,13 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset, Sampler
 from tqdm.auto import tqdm
 
+from .config import schema_choices
 from .augment import Augmenter
 from .devices import resolve_device
 from .errors import ConfigError, DataError
 
-PRECISIONS = ("auto", "bf16", "fp32")
-TTA_CHOICES = ("none", "hflip")
+PRECISIONS = schema_choices("train.precision")
+TTA_CHOICES = schema_choices("predict.tta")
 CHECKPOINT_KEYS = ("state_dict", "model_name", "num_classes", "mean", "std", "image_size")
 
 

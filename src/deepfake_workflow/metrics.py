@@ -14,11 +14,12 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
+from .config import schema_choices
 from .errors import ConfigError, DataError
 
 TARGET_FPR = 1e-3
 LOG_LOSS_EPS = 1e-7  # float32 sigmoids reach exactly 0/1; clip so one image cannot give inf
-THRESHOLD_POLICIES = ("youden", "eer", "fpr", "fixed")
+THRESHOLD_POLICIES = schema_choices("report.threshold_policy")
 COMBINE_STRATEGIES = ("ensemble", "best_fold")
 
 
