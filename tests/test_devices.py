@@ -20,7 +20,10 @@ from pathlib import Path
 from deepfake_workflow.devices import acquire_gpu
 lock_dir, report, release, timeout = sys.argv[1], Path(sys.argv[2]), Path(sys.argv[3]), float(sys.argv[4])
 with acquire_gpu(lock_dir, device_count=2, timeout_s=timeout, poll_s=0.1) as gpu:
-    report.write_text(f"{gpu} {os.environ['CUDA_VISIBLE_DEVICES']}")
+    # write then rename: the test polls for the file and must never read it half-written
+    tmp = report.with_suffix(".part")
+    tmp.write_text(f"{gpu} {os.environ['CUDA_VISIBLE_DEVICES']}")
+    os.replace(tmp, report)
     while not release.exists():
         time.sleep(0.05)
 """
