@@ -25,6 +25,29 @@ def test_dotted_override_keys_merge_into_nested_sections():
     assert cfg["train"]["lr"] == 0.25 and cfg["train"]["epochs"] == 5
 
 
+def test_dotted_keys_win_over_the_section_whatever_the_order():
+    # Snakemake hands `--config folds__k=5` over *before* the config file's `folds:` section.
+    cfg = validate_config({"folds__k": 5, "data__source": "local", "data__root": "/d",
+                           "folds": {"k": 3}, "data": {"source": "demo", "root": None}})
+    assert cfg["folds"]["k"] == 5 and cfg["data"]["source"] == "local" and cfg["data"]["root"] == "/d"
+    cfg = validate_config({"folds": {"k": 3}, "folds__k": 5})
+    assert cfg["folds"]["k"] == 5
+
+
+@pytest.mark.parametrize("raw", [{"train__epochs": -1, "train": {"epochs": 4}},
+                                 {"train__lr": "abc", "train": {"lr": 1.0e-3}}])
+def test_command_line_values_are_validated_even_over_a_file_section(raw):
+    with pytest.raises(ConfigError, match="config key 'train.(epochs|lr)'"):
+        validate_config(raw)
+
+
+def test_words_for_booleans_and_null_in_string_typed_keys():
+    # Snakemake's --config reads values as strings: `model__pretrained=false` is not a file name.
+    cfg = validate_config({"model__pretrained": "false", "data__root": "null", "train__channels_last": "true"})
+    assert cfg["model"]["pretrained"] is False and cfg["data"]["root"] is None
+    assert cfg["train"]["channels_last"] is True
+
+
 @pytest.mark.parametrize("raw, needle", [
     ({"trian": {}}, "unknown config key 'trian' (did you mean 'train'?)"),
     ({"train": {"lrr": 0.1}}, "did you mean 'train.lr'"),

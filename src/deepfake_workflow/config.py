@@ -32,9 +32,15 @@ def expand_dotted_keys(raw: dict) -> dict:
 
     Lets users override one nested value on the command line. Snakemake's --config only
     accepts identifiers as keys, hence the `section__key=value` spelling there.
+
+    A dotted key always wins over the nested section it points into, whatever the order the
+    keys arrive in: Snakemake puts `--config` keys *before* the config file's sections, and
+    the command line must win over every file.
     """
     out: dict = {}
-    for key, value in raw.items():
+    plain = [(k, v) for k, v in raw.items() if not _is_dotted(k)]
+    dotted = [(k, v) for k, v in raw.items() if _is_dotted(k)]
+    for key, value in plain + dotted:
         if isinstance(value, dict):
             value = expand_dotted_keys(value)
         parts = str(key).replace("__", ".").split(".")
@@ -49,6 +55,10 @@ def expand_dotted_keys(raw: dict) -> dict:
         else:
             node[leaf] = value
     return out
+
+
+def _is_dotted(key) -> bool:
+    return "." in str(key) or "__" in str(key)
 
 
 def deep_merge(base: dict, update: dict) -> dict:
@@ -89,7 +99,15 @@ def _coerce_strings(schema: dict, instance: Any) -> Any:
         return [_coerce_strings(schema.get("items", {}), v) for v in instance]
     types = schema.get("type")
     types = [types] if isinstance(types, str) else (types or [])
-    if isinstance(instance, str) and types and "string" not in types:
+    if isinstance(instance, str) and "string" in types:
+        # `--config model__pretrained=false` or `data__root=null`: the words, not a path named so
+        word = instance.strip().lower()
+        if "boolean" in types and word in ("true", "false"):
+            return word == "true"
+        if "null" in types and word in ("null", "~"):
+            return None
+        return instance
+    if isinstance(instance, str) and types:
         try:
             value = yaml.safe_load(instance)
             if isinstance(value, str):
