@@ -23,6 +23,6 @@ include: "rules/submit.smk"
 rule all:
     default_target: True
     input:
-        SUBMISSION,
-        REPORT_METRICS,
-        REPORT_HTML,
+        rules.submit.output,
+        rules.report.output.metrics,
+        rules.report.output.html,

@@ -3,7 +3,7 @@
 
 rule build_cache:
     input:
-        manifest=MANIFEST,
+        manifest=lambda w: split_manifest(w.split),
     output:
         images=f"{R}/cache/{{split}}/images.npy",
         index=f"{R}/cache/{{split}}/index.csv",
@@ -14,11 +14,14 @@ rule build_cache:
     params:
         cfg=sections("cache"),
         out_dir=folder_of("output.images"),
-    threads: workflow.cores
+    # decode workers; Snakemake scales this down to --cores (a cluster profile sets its own)
+    threads: 32
     log:
         f"{R}/logs/build_cache_{{split}}.log",
+    benchmark:
+        f"{R}/benchmarks/build_cache_{{split}}.tsv"
     conda:
         "../envs/workflow.yaml"
     shell:
-        "python scripts/build_cache.py --config-json {params.cfg:q} --manifest {input.manifest} "
-        "--split {wildcards.split} --out-dir {params.out_dir} --workers {threads} 2>&1 | tee {log}"
+        "python scripts/build_cache.py --config-json {params.cfg:q} --split-manifest {input.manifest} "
+        "--out-dir {params.out_dir} --workers {threads} 2>&1 | tee {log}"

@@ -1,36 +1,41 @@
 # Config validation and path helpers shared by every rule file. The logic lives in the
 # deepfake_workflow library; this file only turns the validated config into paths and params.
-import json
-import sys
-from pathlib import Path
+#
+# The Snakefile runs in Snakemake's own module namespace: import library *modules* under
+# aliases, never names such as WorkflowError that Snakemake itself uses (a shadowed
+# WorkflowError turns Snakemake's clean failure message into a traceback).
+import json as _json
+from pathlib import Path as _Path
+
+import deepfake_workflow.config as dw_config
+import deepfake_workflow.layout as dw_layout
+import deepfake_workflow.models as dw_models
+import deepfake_workflow.submission as dw_submission
 
 
-from deepfake_workflow.config import validate_config
-from deepfake_workflow.errors import WorkflowError
-from deepfake_workflow.layout import data_root, scored_split, split_paths
+def _check_param_budgets(cfg):
+    """Fail before any job starts if one model or the whole submission is over budget."""
+    n_params = dw_models.check_param_budget(cfg["model"]["name"], cfg["model"]["max_params"])
+    dw_submission.check_submission_budget(n_params, cfg["submit"]["strategy"], cfg["folds"]["k"],
+                                          cfg["submit"]["max_params"])
 
-try:
-    _validated = validate_config(config)
-except WorkflowError as _exc:
-    raise WorkflowError(str(_exc)) from None
+
+# The config with command-line values on top (Snakemake hands `--config` keys over before the
+# config file's sections; expand_dotted_keys lets `section__key` win whatever the order),
+# checked against the schema, the data folder and the parameter budget before any job runs.
+_valid = dw_config.validate_config(config)
+dw_layout.check_local_data(_valid)
+_check_param_budgets(_valid)
 config.clear()
-config.update(_validated)
+config.update(_valid)
 
 R = config["results_dir"]
-MANIFEST = f"{R}/data/dataset.json"
-RAW_ROOT = str(data_root(config))
-# With no phase-2 test set the validation split is scored (as the phase-1 leaderboard did),
-# so the "test" predictions read the validation cache.
-TEST_SOURCE = scored_split(config)
-CACHE_SPLITS = ["train", "val"] + (["test"] if TEST_SOURCE == "test" else [])
+LOCAL = config["data"]["source"] == "local"
+RAW_ROOT = str(dw_layout.data_root(config))
+# With no phase-2 test set the validation split is scored (as the phase-1 leaderboard did).
+TEST_SOURCE = dw_layout.scored_split(config)
+SPLITS = dw_layout.used_splits(config)
 FOLDS = list(range(config["folds"]["k"]))
-FOLDS_CSV = f"{R}/folds.csv"
-SUBMISSION = f"{R}/submission.csv"
-REPORT_DIR = f"{R}/reports"
-REPORT_METRICS = f"{REPORT_DIR}/metrics.json"
-REPORT_HTML = f"{REPORT_DIR}/report.html"
-CACHE_FILES = ["images.npy", "index.csv", "bad_images.csv", "cache_info.json"]
-MODEL_FILES = ["best.pt", "history.csv", "oof.csv", "metrics.json"]
 
 
 def sections(*keys):
@@ -46,7 +51,7 @@ def sections(*keys):
             node = node[part]
             out = out.setdefault(part, {})
         out[parts[-1]] = node[parts[-1]]
-    return json.dumps(picked, sort_keys=True)
+    return _json.dumps(picked, sort_keys=True)
 
 
 def folder_of(ref):
@@ -54,52 +59,33 @@ def folder_of(ref):
     kind, name = ref.split(".")
 
     def get(wildcards, input, output):
-        return str(Path(getattr({"input": input, "output": output}[kind], name)).parent)
+        return str(_Path(getattr({"input": input, "output": output}[kind], name)).parent)
 
     return get
 
 
-def cache_dir(split):
-    return f"{R}/cache/{split}"
+def label_files(wildcards=None):
+    """A local copy's label files: inputs, so that editing one re-runs what reads it."""
+    return [dw_layout.split_paths(config, s).labels for s in SPLITS] if LOCAL else []
 
 
-def cache_outputs(split):
-    return [f"{cache_dir(split)}/{name}" for name in CACHE_FILES]
+def split_source(wildcards):
+    """What one split's manifest is made from: its label file, or the generated raw data."""
+    if LOCAL:
+        return dw_layout.split_paths(config, wildcards.split).labels
+    return rules.fetch_data.output.raw
 
 
-def model_dir(fold):
-    return f"{R}/models/fold{fold}"
+def split_manifest(split):
+    """The manifest of one split (the check_split output), for the stages that read that split."""
+    return one(rules.check_split.output[0], split=split)
 
 
-def cache_split_for(split):
-    return "val" if split == "test" and TEST_SOURCE == "val" else split
+def one(pattern, **wildcards):
+    """The single path of a rule's output pattern for these wildcards."""
+    return expand(pattern, **wildcards)[0]
 
 
-def fetch_data_inputs(wildcards):
-    # A local copy is read in place: its label files are inputs, so editing them re-runs
-    # the stage (and, through the manifest, what depends on it).
-    if config["data"]["source"] != "local":
-        return []
-    splits = ["train", "val"] + (["test"] if TEST_SOURCE == "test" else [])
-    return [split_paths(config, s).labels for s in splits]
-
-
-def predict_cache(wildcards):
-    split = cache_split_for(wildcards.split)
-    return {"images": f"{R}/cache/{split}/images.npy", "index": f"{R}/cache/{split}/index.csv"}
-
-
-def _check_param_budgets():
-    """Fail before any job starts if one model or the whole submission is over budget."""
-    from deepfake_workflow.models import check_param_budget
-    from deepfake_workflow.submission import check_submission_budget
-
-    n_params = check_param_budget(config["model"]["name"], config["model"]["max_params"])
-    check_submission_budget(n_params, config["submit"]["strategy"], config["folds"]["k"],
-                            config["submit"]["max_params"])
-
-
-try:
-    _check_param_budgets()
-except WorkflowError as _exc:
-    raise WorkflowError(str(_exc)) from None
+def cached(split):
+    """The cache folder that the predictions of `split` read (test may read val)."""
+    return dw_layout.cache_split(split, TEST_SOURCE)

@@ -4,15 +4,17 @@
 
 rule make_folds:
     input:
-        manifest=MANIFEST,
+        manifest=split_manifest("train"),
     output:
-        FOLDS_CSV,
+        f"{R}/folds.csv",
     params:
         cfg=sections("seed", "folds"),
     log:
         f"{R}/logs/make_folds.log",
+    benchmark:
+        f"{R}/benchmarks/make_folds.tsv"
     conda:
         "../envs/workflow.yaml"
     shell:
-        "python scripts/make_folds.py --config-json {params.cfg:q} --manifest {input.manifest} "
+        "python scripts/make_folds.py --config-json {params.cfg:q} --split-manifest {input.manifest} "
         "--out {output} 2>&1 | tee {log}"

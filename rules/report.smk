@@ -4,19 +4,19 @@
 
 rule report:
     input:
-        manifest=MANIFEST,
-        histories=expand(f"{R}/models/fold{{fold}}/history.csv", fold=FOLDS),
-        fold_metrics=expand(f"{R}/models/fold{{fold}}/metrics.json", fold=FOLDS),
-        oof=expand(f"{R}/models/fold{{fold}}/oof.csv", fold=FOLDS),
-        val_predictions=expand(f"{R}/predictions/fold{{fold}}/val.csv", fold=FOLDS),
-        val_images=f"{R}/cache/val/images.npy",
-        val_index=f"{R}/cache/val/index.csv",
+        manifest=rules.fetch_data.output.manifest,
+        histories=expand(rules.train.output.history, fold=FOLDS),
+        fold_metrics=expand(rules.train.output.metrics, fold=FOLDS),
+        oof=expand(rules.train.output.oof, fold=FOLDS),
+        val_predictions=expand(rules.predict.output[0], fold=FOLDS, split="val"),
+        val_images=one(rules.build_cache.output.images, split="val"),
+        val_index=one(rules.build_cache.output.index, split="val"),
     output:
-        metrics=REPORT_METRICS,
-        html=report(REPORT_HTML, caption="../report/html.rst", category="Report"),
-        table=report(f"{REPORT_DIR}/metrics_table.csv", caption="../report/table.rst", category="Report"),
+        metrics=f"{R}/reports/metrics.json",
+        html=report(f"{R}/reports/report.html", caption="../report/html.rst", category="Report"),
+        table=report(f"{R}/reports/metrics_table.csv", caption="../report/table.rst", category="Report"),
         plots=report(
-            directory(f"{REPORT_DIR}/plots"),
+            directory(f"{R}/reports/plots"),
             patterns=["{name}.png"],
             caption="../report/plots.rst",
             category="Plots",
@@ -28,6 +28,8 @@ rule report:
         out_dir=folder_of("output.metrics"),
     log:
         f"{R}/logs/report.log",
+    benchmark:
+        f"{R}/benchmarks/report.tsv"
     conda:
         "../envs/workflow.yaml"
     shell:

@@ -4,18 +4,20 @@
 
 rule submit:
     input:
-        manifest=MANIFEST,
-        predictions=expand(f"{R}/predictions/fold{{fold}}/test.csv", fold=FOLDS),
-        fold_metrics=expand(f"{R}/models/fold{{fold}}/metrics.json", fold=FOLDS),
+        manifest=split_manifest(cached("test")),
+        predictions=expand(rules.predict.output[0], fold=FOLDS, split="test"),
+        fold_metrics=expand(rules.train.output.metrics, fold=FOLDS),
     output:
-        report(SUBMISSION, caption="../report/submission.rst", category="Submission"),
+        report(f"{R}/submission.csv", caption="../report/submission.rst", category="Submission"),
     params:
         cfg=sections("submit"),
     log:
         f"{R}/logs/submit.log",
+    benchmark:
+        f"{R}/benchmarks/submit.tsv"
     conda:
         "../envs/workflow.yaml"
     shell:
-        "python scripts/submit.py --config-json {params.cfg:q} --manifest {input.manifest} "
+        "python scripts/submit.py --config-json {params.cfg:q} --split-manifest {input.manifest} "
         "--predictions {input.predictions} --fold-metrics {input.fold_metrics} --out {output} "
         "2>&1 | tee {log}"

@@ -4,9 +4,9 @@
 
 rule train:
     input:
-        images=f"{R}/cache/train/images.npy",
-        index=f"{R}/cache/train/index.csv",
-        folds=FOLDS_CSV,
+        images=one(rules.build_cache.output.images, split="train"),
+        index=one(rules.build_cache.output.index, split="train"),
+        folds=rules.make_folds.output[0],
     output:
         checkpoint=f"{R}/models/fold{{fold}}/best.pt",
         history=f"{R}/models/fold{{fold}}/history.csv",
@@ -38,8 +38,9 @@ rule train:
 
 rule predict:
     input:
-        unpack(predict_cache),
-        checkpoint=f"{R}/models/fold{{fold}}/best.pt",
+        images=lambda w: one(rules.build_cache.output.images, split=cached(w.split)),
+        index=lambda w: one(rules.build_cache.output.index, split=cached(w.split)),
+        checkpoint=rules.train.output.checkpoint,
     output:
         f"{R}/predictions/fold{{fold}}/{{split}}.csv",
     wildcard_constraints:
@@ -54,6 +55,8 @@ rule predict:
         gpu=1,
     log:
         f"{R}/logs/predict_fold{{fold}}_{{split}}.log",
+    benchmark:
+        f"{R}/benchmarks/predict_fold{{fold}}_{{split}}.tsv"
     conda:
         "../envs/workflow.yaml"
     shell:

@@ -1,5 +1,6 @@
 #!/usr/bin/env python3
-"""Stage fetch_data: make the raw data exist (demo / local / url) and write the dataset manifest."""
+"""Stage fetch_data: make the raw data exist (demo / local / url), check every split's labels
+against its images, and write the dataset manifest."""
 import argparse
 
 from deepfake_workflow.cli import add_config_args, config_from_args, run_main
@@ -14,12 +15,12 @@ def main() -> None:
     parser.add_argument("--no-progress", action="store_true")
     args = parser.parse_args()
     config = config_from_args(args)
-    root = prepare_raw_data(config, workers=args.workers, progress=not args.no_progress)
+    prepare_raw_data(config, workers=args.workers, progress=not args.no_progress)
     manifest = build_manifest(config)
     manifest.write(args.manifest)
     for split, info in manifest.splits.items():
         print(f"{split}: {info['n_images']} images ({info['n_fake']} fake, {info['n_real']} real) in {info['images']}")
-    print(f"test split scored by the submission: {manifest.test_source}; data root {root}")
+    print(manifest.describe())
 
 
 if __name__ == "__main__":

@@ -53,10 +53,11 @@ def main() -> None:
             oof=pd.concat([pd.read_csv(p) for p in args.oof], ignore_index=True),
             val_pred=val_pred, val_labels=read_labels(manifest.split("val").labels), methods=methods,
             val_images=val_images, val_index=val_index, report_cfg=config["report"],
-            submission_info=submission_info, out_dir=tmp)
+            submission_info=submission_info, out_dir=tmp, data_info=manifest.summary())
         for name in REPORT_FILES:  # the rest of tmp (the PNGs) becomes plots/
             os.replace(tmp / name, args.out_dir / name)
     val = metrics["val"]
+    print(manifest.describe())
     print(f"validation split: AUC {val['auc']:.4f}, TPR@FPR=1e-3 {val['tpr_at_fpr_1e-3']:.4f}; "
           f"out-of-fold AUC {metrics['oof']['auc']:.4f} -> {args.out_dir}")
 

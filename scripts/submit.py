@@ -7,7 +7,7 @@ import pandas as pd
 
 from deepfake_workflow.cli import add_config_args, config_from_args, run_main
 from deepfake_workflow.labels import read_labels
-from deepfake_workflow.layout import Manifest
+from deepfake_workflow.layout import SplitManifest
 from deepfake_workflow.metrics import combine_fold_predictions
 from deepfake_workflow.submission import write_submission
 
@@ -15,7 +15,8 @@ from deepfake_workflow.submission import write_submission
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     add_config_args(parser)
-    parser.add_argument("--manifest", required=True)
+    parser.add_argument("--split-manifest", required=True,
+                        help="manifest of the split the submission scores (phase-2 test, or val)")
     parser.add_argument("--predictions", nargs="+", required=True, help="per-fold test predictions, in fold order")
     parser.add_argument("--fold-metrics", nargs="+", required=True, help="per-fold metrics.json, in fold order")
     parser.add_argument("--out", required=True)
@@ -25,7 +26,7 @@ def main() -> None:
     frames = {int(m["fold"]): pd.read_csv(p) for m, p in zip(fold_info, args.predictions)}
     scores = {int(m["fold"]): float(m["best_val_auc"]) for m in fold_info}
     sub = combine_fold_predictions(frames, config["submit"]["strategy"], scores)
-    test_list = read_labels(Manifest.read(args.manifest).split("test").labels, require_target=False)
+    test_list = read_labels(SplitManifest.read(args.split_manifest).labels, require_target=False)
     write_submission(sub, test_list["img_name"], args.out)
     print(f"submission: {len(sub)} rows ({config['submit']['strategy']}) -> {args.out}")
 

@@ -25,8 +25,6 @@ import yaml
 REPO = Path(__file__).resolve().parents[1]
 CORES = 4  # thread counts baked into the DVC commands (DVC has no scheduler)
 METRICS = ["results/reports/metrics.json"]
-# Pipeline order for a stable, readable file (the dry run lists jobs in no fixed order).
-RULE_ORDER = ["fetch_data", "build_cache", "make_folds", "train", "predict", "report", "submit"]
 
 
 def dry_run_jobs(workdir: Path, configfile: str) -> list[dict]:
@@ -62,6 +60,8 @@ def to_dvc_command(shell: str, full_config: dict, raw_config: dict | None = None
     """Swap --config-json for --config config.yaml and drop the log tee; return (cmd, params)."""
     shell = re.sub(r"\s+2>&1 \| tee \S+$", "", shell)
     tokens = shlex.split(shell)
+    if "--config-json" not in tokens:  # a stage that reads no config
+        return shlex.join(tokens), []
     i = tokens.index("--config-json")
     sections = json.loads(tokens[i + 1])
     tokens[i:i + 2] = ["--config", "config.yaml"]
@@ -90,7 +90,7 @@ def template(text: str, wildcards: dict) -> str:
     """Replace wildcard values by ${item.<name>} where they stand as path or argument parts."""
     for name, value in wildcards.items():
         text = re.sub(rf"(?<=[/_ ]{name}){re.escape(value)}(?![0-9A-Za-z])", f"${{item.{name}}}", text)
-        text = re.sub(rf"(?<=[/_ ]){re.escape(value)}(?=\.csv|\.log|/|$| )", f"${{item.{name}}}", text)
+        text = re.sub(rf"(?<=[/_ ]){re.escape(value)}(?=\.[a-z]+|/|$| )", f"${{item.{name}}}", text)
         text = re.sub(rf"(?<=--{name} ){re.escape(value)}(?![0-9A-Za-z])", f"${{item.{name}}}", text)
     return text
 
@@ -132,6 +132,22 @@ def stage_for(jobs: list[dict], full_config: dict, raw_config: dict) -> dict | N
     return {"matrix": values, **body}
 
 
+def pipeline_order(jobs: list[dict]) -> list[str]:
+    """Rule names in pipeline order (a rule after every rule whose output it reads), ties by
+    name: a stable, readable file although the dry run lists jobs in no fixed order."""
+    producer = {out: job["rule"] for job in jobs for out in job["output"]}
+    needs = {job["rule"]: set() for job in jobs}
+    for job in jobs:
+        needs[job["rule"]] |= {producer[f] for f in job["input"] if f in producer} - {job["rule"]}
+    ordered: list[str] = []
+    while len(ordered) < len(needs):
+        ready = sorted(r for r in needs if r not in ordered and needs[r] <= set(ordered))
+        if not ready:
+            raise SystemExit(f"rules depend on each other in a cycle: {sorted(set(needs) - set(ordered))}")
+        ordered.append(ready[0])
+    return ordered
+
+
 def natural(value: str):
     return (0, int(value)) if value.isdigit() else (1, value)
 
@@ -150,7 +166,7 @@ def build_dvc_yaml(configfile: str, workdir: Path = REPO) -> dict:
     for job in jobs:
         by_rule.setdefault(job["rule"], []).append(job)
     stages = {}
-    ordered = sorted(by_rule, key=lambda r: (RULE_ORDER.index(r) if r in RULE_ORDER else len(RULE_ORDER), r))
+    ordered = pipeline_order(jobs)
     for rule in ordered:
         rule_jobs = by_rule[rule]
         rule_jobs.sort(key=lambda j: [natural(v) for v in j["wildcards"].values()])

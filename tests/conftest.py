@@ -24,20 +24,27 @@ TINY_CONFIG = {
 }
 
 
+LOCAL_COPY_SIZES = {"n_train": 30, "n_val": 20, "n_test": 15, "min_size": 80, "max_size": 120}
+
+
 def write_config(workdir: Path, config: dict) -> Path:
     path = workdir / "config.yaml"
     path.write_text(yaml.safe_dump(config, sort_keys=False))
     return path
 
 
-def snakemake(workdir: Path, *args: str, check: bool = True, timeout: int = 900) -> subprocess.CompletedProcess:
+def snakemake(workdir: Path, *args: str, check: bool = True, timeout: int = 900,
+              configfile: bool = True) -> subprocess.CompletedProcess:
     """Run the real snakemake CLI on the repo's Snakefile inside `workdir`.
 
     --cores 4 gives the rules the same thread counts as the commands in dvc.yaml, so both
-    engines compute bit-identical results.
+    engines compute bit-identical results. `configfile=False` leaves `workdir/config.yaml` to the
+    Snakefile's `configfile:` directive, as a user's plain `snakemake` does (Snakemake then hands
+    `--config` values over before the file's sections).
     """
+    extra = ["--configfile", str(workdir / "config.yaml")] if configfile else []
     cmd = [str(BIN / "snakemake"), "-s", str(REPO / "Snakefile"), "-d", str(workdir),
-           "--configfile", str(workdir / "config.yaml"), "--cores", "4", "--resources", "gpu=1",
+           *extra, "--cores", "4", "--resources", "gpu=1",
            "--workflow-profile", "none", "--rerun-incomplete", "--show-failed-logs", *args]
     # The rules run `python scripts/<stage>.py` from the working directory, as dvc.yaml does.
     if not (workdir / "scripts").exists():
@@ -59,6 +66,17 @@ def jobs_run(proc: subprocess.CompletedProcess) -> list[str]:
             if line.startswith(prefix) and line.endswith(":"):
                 names.append(line[len(prefix):-1])
     return names
+
+
+@pytest.fixture(scope="session")
+def local_copy(tmp_path_factory):
+    """A small data set in the Multi-FFDI layout, as a user's local copy (made with the demo
+    generator: real-layout names, label files, phase2 test list)."""
+    from deepfake_workflow.demo import write_demo_dataset
+
+    root = tmp_path_factory.mktemp("multiFFDI") / "copy"
+    write_demo_dataset(root, seed=11, **LOCAL_COPY_SIZES)
+    return root
 
 
 @pytest.fixture(scope="session")

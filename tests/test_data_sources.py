@@ -10,20 +10,15 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from conftest import jobs_run, snakemake, write_config
-from deepfake_workflow.demo import write_demo_dataset
+from conftest import LOCAL_COPY_SIZES as SMALL, jobs_run, snakemake, write_config
 from http_server import LoopbackServer
 
 DATA_TARGETS = ["results/folds.csv", "results/cache/train/images.npy", "results/cache/val/images.npy"]
-SMALL = {"n_train": 30, "n_val": 20, "n_test": 15, "min_size": 80, "max_size": 120}
 
 
-@pytest.fixture(scope="module")
-def real_layout(tmp_path_factory):
-    """A copy in the Multi-FFDI layout (made with the demo generator, then renamed like the real set)."""
-    root = tmp_path_factory.mktemp("multiFFDI")
-    write_demo_dataset(root / "copy", seed=11, **SMALL)
-    return root / "copy"
+@pytest.fixture
+def real_layout(local_copy):
+    return local_copy
 
 
 def cache_names(workdir, split):
@@ -33,10 +28,12 @@ def cache_names(workdir, split):
 def test_local_copy_is_read_in_place_and_phase2_is_the_test_split(real_layout, tmp_path):
     write_config(tmp_path, {"data": {"source": "local", "root": str(real_layout)}, "cache": {"size": 24},
                             "folds": {"k": 2}})
-    snakemake(tmp_path, *DATA_TARGETS, "results/cache/test/images.npy")
+    snakemake(tmp_path, *DATA_TARGETS, "results/cache/test/images.npy", "results/data/dataset.json")
     manifest = json.loads((tmp_path / "results/data/dataset.json").read_text())
     assert manifest["source"] == "local" and manifest["test_source"] == "test"
     assert manifest["splits"]["train"]["images"] == str(real_layout / "phase1/trainset")
+    train = json.loads((tmp_path / "results/data/splits/train.json").read_text())
+    assert train == manifest["splits"]["train"] and train["n_images"] == SMALL["n_train"]
     assert not (tmp_path / "results/data/raw").exists(), "local data must not be copied"
     labels = pd.read_csv(real_layout / "phase1/trainset_label.txt")
     assert cache_names(tmp_path, "train") == labels["img_name"].tolist()
@@ -54,21 +51,34 @@ def test_local_copy_without_phase2_scores_the_validation_split(real_layout, tmp_
     assert "predictions/fold0/test.csv" in proc.stdout
 
 
-def test_editing_a_local_label_file_reruns_the_data_stages(real_layout, tmp_path):
+def test_editing_a_local_label_file_reruns_only_that_splits_stages(real_layout, tmp_path):
     copy = tmp_path / "copy"
     shutil.copytree(real_layout, copy, symlinks=True)
     work = tmp_path / "work"
     work.mkdir()
     write_config(work, {"data": {"source": "local", "root": str(copy)}, "cache": {"size": 24}, "folds": {"k": 2}})
     snakemake(work, *DATA_TARGETS)
+    train_cache = work / "results/cache/train/images.npy"
     labels = copy / "phase1/trainset_label.txt"
     labels.touch()  # a new mtime alone is not a change (Snakemake compares small inputs by checksum)
     assert "Nothing to be done" in snakemake(work, "-n", *DATA_TARGETS).stdout
+
+    val_labels = copy / "phase1/valset_label.txt"
+    df = pd.read_csv(val_labels)
+    df.loc[0, "target"] = 1 - df.loc[0, "target"]  # a relabelled validation image
+    df.to_csv(val_labels, index=False)
+    before = train_cache.stat().st_mtime_ns, (work / "results/folds.csv").stat().st_mtime_ns
+    proc = snakemake(work, *DATA_TARGETS)
+    assert sorted(jobs_run(proc)) == ["build_cache", "check_split"]  # the val split's, nothing else
+    assert (train_cache.stat().st_mtime_ns, (work / "results/folds.csv").stat().st_mtime_ns) == before
+    val_index = pd.read_csv(work / "results/cache/val/index.csv")
+    assert val_index.loc[val_index["img_name"] == df.loc[0, "img_name"], "target"].item() == df.loc[0, "target"]
+
     df = pd.read_csv(labels)
-    df.loc[0, "target"] = 1 - df.loc[0, "target"]  # a relabelled image
+    df.loc[0, "target"] = 1 - df.loc[0, "target"]  # a relabelled training image
     df.to_csv(labels, index=False)
     proc = snakemake(work, *DATA_TARGETS)
-    assert {"fetch_data", "make_folds"} <= set(jobs_run(proc))
+    assert sorted(jobs_run(proc)) == ["build_cache", "check_split", "make_folds"]
     assert pd.read_csv(work / "results/folds.csv").loc[0, "target"] == df.loc[0, "target"]
 
 

@@ -30,12 +30,19 @@ def dvc(cwd, *args, **kw):
     return sh(cwd, str(BIN / "dvc"), *args, **kw)
 
 
+def rule_of(stage: str) -> str:
+    """The Snakemake rule of a DVC stage name: 'train@0' and 'check_split_val' are 'train' and
+    'check_split' (a rule whose jobs cannot share one template gets one stage per job)."""
+    name = stage.split("@")[0]
+    return "check_split" if name.startswith("check_split_") else name
+
+
 def stages_run(proc) -> set[str]:
-    """Stage names (without @item) that `dvc repro` ran, from its 'Running stage' lines."""
+    """Rules whose stages `dvc repro` ran, from its 'Running stage' lines."""
     names = set()
     for line in (proc.stdout + proc.stderr).splitlines():
         if line.startswith("Running stage '"):
-            names.add(line.split("'")[1].split("@")[0])
+            names.add(rule_of(line.split("'")[1]))
     return names
 
 
@@ -81,7 +88,7 @@ def test_dvc_yaml_matches_the_snakefile():
     from deepfake_workflow.config import validate_config
 
     full = validate_config(full)
-    assert {j["rule"] for j in jobs} == {name.split("@")[0] for name in stages}
+    assert {j["rule"] for j in jobs} == {rule_of(name) for name in stages}
     for job in jobs:
         cmd, params = gen.to_dvc_command(job["shell"], full)
         match = [s for s in stages.values() if s.cmd == cmd]
@@ -94,7 +101,8 @@ def test_dvc_yaml_matches_the_snakefile():
 
 def test_repro_runs_everything_then_nothing(repro_project):
     project, first = repro_project
-    assert stages_run(first) == {"fetch_data", "build_cache", "make_folds", "train", "predict", "report", "submit"}
+    assert stages_run(first) == {"fetch_data", "check_split", "build_cache", "make_folds", "train", "predict",
+                                 "report", "submit"}
     assert (project / "results/submission.csv").is_file()
     again = dvc(project, "repro")
     assert stages_run(again) == set()
@@ -139,10 +147,15 @@ def test_push_clone_pull_restores_everything_and_snakemake_agrees(repro_project,
     status = dvc(clone, "status")
     assert "up to date" in status.stdout
 
-    # Snakemake has no metadata in a fresh clone and sees new mtimes: --touch adopts the pulled files.
-    snakemake(clone, "--touch")
+    # Snakemake has no metadata in a fresh clone and sees new mtimes: `--touch --forceall` adopts
+    # the pulled files and records every job's params, so that later config changes are seen.
+    snakemake(clone, "--touch", "--forceall")
     proc = snakemake(clone, "-n")
     assert "Nothing to be done" in proc.stdout + proc.stderr, jobs_run(proc)
+    proc = snakemake(clone, "-n", "--config", "cache__size=40")
+    assert set(jobs_run(proc)) - {"all"} == {"build_cache", "train", "predict", "report", "submit"}
+    proc = snakemake(clone, "-n", "--config", "seed=4")
+    assert {"fetch_data", "make_folds", "train"} <= set(jobs_run(proc))
 
 
 def test_experiments_metrics_and_plots(repro_project, tmp_path):

@@ -32,18 +32,17 @@ def small_split(tmp_path):
         rows.append((name, i % 2))
     labels = tmp_path / "trainset_label.txt"
     pd.DataFrame(rows, columns=["img_name", "target"]).to_csv(labels, index=False)
-    manifest = tmp_path / "dataset.json"
-    manifest.write_text(json.dumps({"source": "local", "root": str(tmp_path), "test_source": "val",
-                                    "methods_file": None,
-                                    "splits": {"train": {"images": str(images), "labels": str(labels)}}}))
+    manifest = tmp_path / "train.json"
+    manifest.write_text(json.dumps({"split": "train", "images": str(images), "labels": str(labels),
+                                    "n_images": 6, "n_fake": 3, "n_real": 3, "labels_sha256": "0" * 64}))
     return tmp_path, manifest
 
 
 def test_disk_full_during_cache_build_is_a_clear_error_and_leaves_no_cache(small_split):
     root, manifest = small_split
     out = root / "cache/train"
-    proc = run_stage("build_cache.py", "--config-json", json.dumps({"cache": {"size": 64}}), "--manifest", manifest,
-                     "--split", "train", "--out-dir", out, "--no-progress", limit_file_bytes=20_000)
+    proc = run_stage("build_cache.py", "--config-json", json.dumps({"cache": {"size": 64}}), "--split-manifest", manifest,
+                     "--out-dir", out, "--no-progress", limit_file_bytes=20_000)
     assert proc.returncode == 2, proc.stderr
     assert proc.stderr.strip().startswith("error:") and "Traceback" not in proc.stderr
     assert "too large" in proc.stderr.lower() or "space" in proc.stderr.lower()
@@ -53,14 +52,14 @@ def test_disk_full_during_cache_build_is_a_clear_error_and_leaves_no_cache(small
 def test_unwritable_output_folder_is_a_clear_error(small_split):
     root, manifest = small_split
     (root / "blocker").write_text("a file where a folder should be")
-    proc = run_stage("make_folds.py", "--config-json", json.dumps({"folds": {"k": 2}}), "--manifest", manifest,
+    proc = run_stage("make_folds.py", "--config-json", json.dumps({"folds": {"k": 2}}), "--split-manifest", manifest,
                      "--out", root / "blocker/folds.csv")
     assert proc.returncode == 2 and "blocker" in proc.stderr and "Traceback" not in proc.stderr
 
 
 def test_bad_config_json_names_the_key(small_split):
     root, manifest = small_split
-    proc = run_stage("make_folds.py", "--config-json", json.dumps({"folds": {"k": 1}}), "--manifest", manifest,
+    proc = run_stage("make_folds.py", "--config-json", json.dumps({"folds": {"k": 1}}), "--split-manifest", manifest,
                      "--out", root / "folds.csv")
     assert proc.returncode == 2 and "'folds.k': got 1, expected >= 2" in proc.stderr
     assert not (root / "folds.csv").exists()
@@ -68,7 +67,7 @@ def test_bad_config_json_names_the_key(small_split):
 
 def test_fold_with_one_class_is_refused(small_split):
     root, manifest = small_split
-    proc = run_stage("make_folds.py", "--config-json", json.dumps({"folds": {"k": 4}}), "--manifest", manifest,
+    proc = run_stage("make_folds.py", "--config-json", json.dumps({"folds": {"k": 4}}), "--split-manifest", manifest,
                      "--out", root / "folds.csv")
     assert proc.returncode == 2 and "no fold ends up with one class" in proc.stderr
 
@@ -77,7 +76,7 @@ def test_stage_with_dvc_style_config_file_and_override(small_split, tmp_path):
     root, manifest = small_split
     config = tmp_path / "config.yaml"
     config.write_text("folds:\n  k: 3\n")
-    proc = run_stage("make_folds.py", "--config", config, "--set", "folds.k=2", "--manifest", manifest,
+    proc = run_stage("make_folds.py", "--config", config, "--set", "folds.k=2", "--split-manifest", manifest,
                      "--out", root / "folds.csv")
     assert proc.returncode == 0, proc.stderr
     assert sorted(pd.read_csv(root / "folds.csv")["fold"].unique()) == [0, 1]

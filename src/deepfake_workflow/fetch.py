@@ -10,12 +10,15 @@ the result is summarised in a manifest that later stages read.
 from __future__ import annotations
 
 import warnings
+from dataclasses import asdict
 from pathlib import Path
 from urllib.parse import urlparse
 
 from .errors import DataError
 from .labels import read_labels, require_both_classes
-from .layout import Manifest, data_root, methods_file, split_paths, scored_split
+from .download import sha256_file
+from .layout import (Manifest, SplitManifest, check_local_data, data_root, methods_file,
+                     scored_split, split_paths, used_splits)
 
 
 def _download_and_extract(config: dict, root: Path, progress: bool) -> None:
@@ -45,38 +48,36 @@ def prepare_raw_data(config: dict, *, workers: int = 1, progress: bool = True) -
         write_demo_dataset(root, seed=int(config["seed"]), workers=workers, **demo)
     elif source == "url":
         _download_and_extract(config, root, progress)
-    elif not root.is_dir() and not config["data"]["train_labels"]:
-        raise DataError(f"config key 'data.root': folder {root} does not exist")
+    else:
+        check_local_data(config)
     return root
+
+
+def scan_split(split: str, images: str | Path, labels: str | Path) -> SplitManifest:
+    """Check one split's label file against its image folder; its manifest."""
+    labelled = split != "test"
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        table = read_labels(labels, require_target=labelled, image_dir=images)
+    for w in caught:
+        print(f"warning: {w.message}")
+    if labelled:
+        require_both_classes(table, f"split '{split}' ({labels})")
+    return SplitManifest(split=split, images=str(images), labels=str(labels), n_images=int(len(table)),
+                         n_fake=int((table["target"] == 1).sum()), n_real=int((table["target"] == 0).sum()),
+                         labels_sha256=sha256_file(labels))
 
 
 def build_manifest(config: dict) -> Manifest:
     """Validate the label files of every split against the images on disk."""
-    root = data_root(config)
-    test_source = scored_split(config)
     splits = {}
-    names = ["train", "val"] + (["test"] if test_source == "test" else [])
-    for split in names:
+    for split in used_splits(config):
         paths = split_paths(config, split)
-        labelled = split != "test"
-        with warnings.catch_warnings(record=True) as caught:
-            warnings.simplefilter("always")
-            labels = read_labels(paths.labels, require_target=labelled, image_dir=paths.images)
-        for w in caught:
-            print(f"warning: {w.message}")
-        if labelled:
-            require_both_classes(labels, f"split '{split}' ({paths.labels})")
-        splits[split] = {
-            "images": str(paths.images),
-            "labels": str(paths.labels),
-            "n_images": int(len(labels)),
-            "n_fake": int((labels["target"] == 1).sum()),
-            "n_real": int((labels["target"] == 0).sum()),
-        }
+        splits[split] = asdict(scan_split(split, paths.images, paths.labels))
     methods = methods_file(config)
     if methods and not Path(methods).is_file():
         if config["data"]["methods_file"]:
             raise DataError(f"config key 'data.methods_file': file {methods} does not exist")
         methods = None
-    return Manifest(source=config["data"]["source"], root=str(root), splits=splits,
-                    test_source=test_source, methods_file=str(methods) if methods else None)
+    return Manifest(source=config["data"]["source"], root=str(data_root(config)), splits=splits,
+                    test_source=scored_split(config), methods_file=str(methods) if methods else None)

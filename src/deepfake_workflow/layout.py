@@ -77,6 +77,44 @@ def scored_split(config: dict) -> str:
     return "test" if Path(split_paths(config, "test").labels).is_file() else "val"
 
 
+def used_splits(config: dict) -> list[str]:
+    """The splits this config reads: train, val, and test when a phase-2 test set is scored."""
+    return ["train", "val"] + (["test"] if scored_split(config) == "test" else [])
+
+
+def cache_split(split: str, test_source: str) -> str:
+    """The cache a split's predictions read: without a phase-2 test set, 'test' reads 'val'."""
+    return "val" if split == "test" and test_source == "val" else split
+
+
+def check_local_data(config: dict) -> None:
+    """For data.source 'local': every split's label file and image folder exist and are not empty.
+
+    Called before any job runs, so a wrong or unmounted data folder is an error naming it,
+    never a run that quietly reuses the results of another data set.
+    """
+    if config["data"]["source"] != "local":
+        return
+    root = data_root(config)
+    if config["data"]["root"] and not root.is_dir():
+        raise DataError(f"config key 'data.root': data folder {root} does not exist (not mounted?); "
+                        f"expected the folder that holds phase1/ (and optionally phase2/)")
+    for split in used_splits(config):
+        paths = split_paths(config, split)
+        key = f"data.{split}_labels" if config["data"][f"{split}_labels"] else "data.root"
+        labels, images = Path(paths.labels), Path(paths.images)
+        if not labels.is_file():
+            raise DataError(f"config key '{key}': label file {labels} of split '{split}' does not exist")
+        if labels.stat().st_size == 0:
+            raise DataError(f"config key '{key}': label file {labels} of split '{split}' is empty")
+        if not images.is_dir():
+            raise DataError(f"config key 'data.{split}_images' / 'data.root': image folder {images} "
+                            f"of split '{split}' does not exist")
+        if not any(images.iterdir()):
+            raise DataError(f"config key 'data.{split}_images' / 'data.root': image folder {images} "
+                            f"of split '{split}' is empty")
+
+
 def methods_file(config: dict) -> str | None:
     if config["data"]["methods_file"]:
         return config["data"]["methods_file"]
@@ -86,8 +124,35 @@ def methods_file(config: dict) -> str | None:
 
 
 @dataclass
+class SplitManifest:
+    """One split as fetch_data found it. Each split has its own file, so a label edit in one
+    split changes only that split's manifest (DVC compares contents)."""
+
+    split: str
+    images: str
+    labels: str
+    n_images: int
+    n_fake: int
+    n_real: int
+    labels_sha256: str
+
+    @property
+    def paths(self) -> SplitPaths:
+        return SplitPaths(images=self.images, labels=self.labels)
+
+    def write(self, path: Path) -> None:
+        from .atomic import write_json
+
+        write_json(path, asdict(self))
+
+    @classmethod
+    def read(cls, path: str | Path) -> "SplitManifest":
+        return _from_json(cls, path, "split manifest")
+
+
+@dataclass
 class Manifest:
-    """What fetch_data found: resolved paths and counts per split. Read by later stages."""
+    """What fetch_data found: the source, the root and every split. Read by the report."""
 
     source: str
     root: str
@@ -102,14 +167,29 @@ class Manifest:
 
     @classmethod
     def read(cls, path: str | Path) -> "Manifest":
-        path = Path(path)
-        try:
-            return cls(**json.loads(path.read_text(encoding="utf-8")))
-        except (OSError, ValueError, TypeError) as exc:
-            raise DataError(f"cannot read dataset manifest {path}: {exc}") from exc
+        return _from_json(cls, path, "dataset manifest")
 
     def split(self, name: str) -> SplitPaths:
-        if name == "test" and self.test_source == "val":
-            name = "val"
-        entry = self.splits[name]
+        entry = self.splits[cache_split(name, self.test_source)]
         return SplitPaths(images=entry["images"], labels=entry["labels"])
+
+    def summary(self) -> dict:
+        """What the report shows about the data (and metrics.json records)."""
+        return {"description": self.describe(), "source": self.source, "root": self.root,
+                "test_source": self.test_source,
+                "n_images": {name: info["n_images"] for name, info in self.splits.items()}}
+
+    def describe(self) -> str:
+        """One line naming the data a run uses, e.g.
+        `data: local /data/multiFFDI: train 524,108, val 147,364, test 20,000`."""
+        counts = ", ".join(f"{name} {info['n_images']:,}" for name, info in self.splits.items())
+        scored = "" if self.test_source == "test" else " (no phase-2 test set: the submission scores val)"
+        return f"data: {self.source} {self.root}: {counts}{scored}"
+
+
+def _from_json(cls, path: str | Path, what: str):
+    path = Path(path)
+    try:
+        return cls(**json.loads(path.read_text(encoding="utf-8")))
+    except (OSError, ValueError, TypeError) as exc:
+        raise DataError(f"cannot read {what} {path}: {exc}") from exc

@@ -225,6 +225,8 @@ def _html_report(metrics: dict, plots: dict[str, Path]) -> str:
     run_info = "".join(f"<tr><th>{html.escape(str(k))}</th><td>{_fmt(v)}</td></tr>" for k, v in run_items.items())
     warnings = "".join(f'<p class="warn">{html.escape(split)}: {html.escape(metrics[split]["warning"])}</p>'
                        for split in ("val", "oof") if "warning" in metrics[split])
+    data_line = (f'<p class="data"><code>{html.escape(metrics["data"]["description"])}</code></p>'
+                 if metrics.get("data") else "")
     val = metrics["val"]
     headline = (f"Validation ROC AUC <b>{_fmt(val['auc'])}</b>, TPR at FPR = 1e-3 "
                 f"<b>{_fmt(val['tpr_at_fpr_1e-3'])}</b> on {val['n']} images "
@@ -241,7 +243,7 @@ figure {{ margin: 1.5em 0; }} figure img {{ max-width: 100%; border: 1px solid #
 dt {{ font-weight: bold; margin-top: 0.5em; }} .warn {{ color: #a00; }}
 </style></head><body>
 <h1>Deepfake detection validation report</h1>
-<p>{headline}</p>{warnings}
+{data_line}<p>{headline}</p>{warnings}
 <h2>Summary</h2>
 <p>Folds are scored on their out-of-fold (OOF) predictions; the validation row scores the
 submission's combined prediction on the official validation split.</p>
@@ -256,11 +258,13 @@ submission's combined prediction on the official validation split.</p>
 def build_report(*, histories: dict[int, pd.DataFrame], fold_metrics: dict[int, dict], oof: pd.DataFrame,
                  val_pred: pd.DataFrame, val_labels: pd.DataFrame, methods: pd.DataFrame | None,
                  val_images: np.ndarray | None, val_index: pd.DataFrame | None,
-                 report_cfg: dict, submission_info: dict, out_dir: Path) -> dict:
+                 report_cfg: dict, submission_info: dict, out_dir: Path,
+                 data_info: dict | None = None) -> dict:
     """Compute all metrics, write metrics.json, metrics_table.csv, the plots and report.html
     into out_dir (each atomically) and return the metrics dict.
 
-    Plots that do not apply are skipped (and a stale copy from an earlier run removed):
+    `data_info` ({"description": one line, "source", "root", "n_images": {split: n}}) names the
+    data the run used, at the top of the report. Plots that do not apply are skipped (and a stale copy from an earlier run removed):
     training_curves.png without history columns, mistakes.png without images, with
     gallery_size 0 or without mistakes, auc_by_method.png without methods.
     """
@@ -344,6 +348,8 @@ def build_report(*, histories: dict[int, pd.DataFrame], fold_metrics: dict[int, 
 
     metrics["plots"] = sorted(written)
     metrics["submission"] = dict(submission_info)
+    if data_info is not None:
+        metrics["data"] = dict(data_info)
     metrics = _plain(metrics)
     write_json(out_dir / "metrics.json", _without_timings(metrics), allow_nan=False)
     rows = _table_rows(metrics)
