@@ -69,7 +69,7 @@ def prepare_data(args) -> Path:
     made = rd.ensure_dataset(data_dir, seed=args.seed, n_train=args.n_train, n_val=args.n_val,
                              n_test=args.n_test, workers=args.workers)
     seconds = time.perf_counter() - started
-    how = f"generated in {seconds:.1f} s with {args.workers} worker(s)" if made else "reused (same params.json)"
+    how = f"generated in {seconds:.1f} s with {args.workers} worker(s)" if made else "reused: same params.json"
     print(f"data: {data_dir} ({how})")
     for split, s in rd.summarise(data_dir).items():
         fams = ", ".join(f"{m} {n}" for m, n in s["by_method"].items() if m != rd.REAL)
@@ -84,14 +84,19 @@ def shortcut_check(data_dir: Path) -> dict:
     truth = pd.read_csv(paths["test_labels"])
     folder = paths["root"] / "phase2" / "testset1_seen"
     stats = pd.DataFrame([rd.image_stats(folder / n) for n in truth["img_name"]])
+    real = truth["target"] == 0
     out = {}
     print(f"shortcut check (test split, {len(truth)} images; AUC of each statistic vs the label, "
-          f"0.5 = no information, flagged if max(AUC, 1-AUC) >= {SHORTCUT_LIMIT}):")
+          f"0.5 = no information, flagged if max(AUC, 1-AUC) >= {SHORTCUT_LIMIT}; "
+          "also the family whose fakes stand out most against all reals):")
     for col in stats.columns:
         auc = float(roc_auc_score(truth["target"], stats[col]))
-        out[col] = auc
+        by_family = {m: float(roc_auc_score(truth["target"][pick], stats[col][pick]))
+                     for m in rd.SEEN + rd.UNSEEN if (pick := real | (truth["method"] == m)).any()}
+        worst = max(by_family, key=lambda m: abs(by_family[m] - 0.5))
+        out[col] = {"auc": auc, "by_family": by_family}
         flag = "  <-- LEAK?" if max(auc, 1 - auc) >= SHORTCUT_LIMIT else ""
-        print(f"  {col:16s} {auc:.4f}{flag}")
+        print(f"  {col:16s} {auc:.4f}   (most: {worst} {by_family[worst]:.4f}){flag}")
     return out
 
 
