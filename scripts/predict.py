@@ -6,7 +6,8 @@ from pathlib import Path
 import pandas as pd
 
 from deepfake_workflow.atomic import write_csv
-from deepfake_workflow.cache import open_cache
+from deepfake_workflow.cache import open_cache, read_cache_info
+from deepfake_workflow.crops import picture_boxes
 from deepfake_workflow.cli import add_compute_args, add_config_args, config_from_args, gpu_slot, run_main, set_threads
 
 
@@ -21,13 +22,14 @@ def main() -> None:
     config = config_from_args(args)
     set_threads(args.threads)
     images, index = open_cache(args.cache_dir)
+    boxes = picture_boxes(index, images.shape[1], read_cache_info(args.cache_dir)["resize"])
     with gpu_slot(args.gpu_locks, config["train"]["device"]):
         from deepfake_workflow.inference import load_checkpoint, predict_images
 
         model, meta = load_checkpoint(args.checkpoint)
         probs = predict_images(model, meta, images, batch_size=config["predict"]["batch_size"],
                                tta=config["predict"]["tta"], device=config["train"]["device"],
-                               progress=not args.no_progress)
+                               progress=not args.no_progress, boxes=boxes, crops=config["predict"]["crops"])
     write_csv(pd.DataFrame({"img_name": index["img_name"], "y_pred": probs}), args.out)
     print(f"{len(probs)} predictions -> {args.out}")
 

@@ -29,7 +29,7 @@ def main() -> None:
         result = train_fold(images=images, index=index, folds=folds, fold=args.fold,
                             model_cfg=config["model"], train_cfg=config["train"], seed=config["seed"],
                             out_dir=args.out_dir, state_dir=args.state_dir, progress=not args.no_progress,
-                            checkpoint_meta={"resize": read_cache_info(args.cache_dir)["resize"]})
+                            resize=read_cache_info(args.cache_dir)["resize"])
     print(f"fold {args.fold}: best epoch {result['best_epoch']}, val AUC {result['best_val_auc']:.4f}")
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 import copy
 import difflib
 import json
+import re
 from functools import lru_cache
 from importlib import resources
 from pathlib import Path
@@ -106,6 +107,10 @@ def _coerce_strings(schema: dict, instance: Any) -> Any:
             return word == "true"
         if "null" in types and word in ("null", "~"):
             return None
+        if {"integer", "number"} & set(types) and not re.fullmatch(schema.get("pattern", "(?!)"), instance):
+            number = _coerce_strings({**schema, "type": [t for t in types if t != "string"]}, instance)
+            if not isinstance(number, str):
+                return number  # `predict={crops: 3}`: a number where a number or a word may stand
         return instance
     if isinstance(instance, str) and types:
         try:

@@ -159,6 +159,22 @@ def _resampled_size(resize: str, width: int, height: int, size: int) -> tuple[in
     return max(1, round(width * scale)), max(1, round(height * scale))
 
 
+def picture_box(resize: str, width: int, height: int, size: int) -> tuple[int, int, int, int]:
+    """Where the picture lies in a cached size x size square: (x0, y0, w, h).
+
+    Black padding (letterbox, or native_crop of an image smaller than the cache) is outside
+    the box, so crops taken inside it never show padding the image did not have.
+    """
+    if resize in ("squash", "center_crop"):
+        return 0, 0, size, size
+    if resize == "native_crop":
+        _, dst_x, n_x = _centre_span(width, size)
+        _, dst_y, n_y = _centre_span(height, size)
+        return dst_x, dst_y, n_x, n_y
+    new_w, new_h = _resampled_size("letterbox", width, height, size)
+    return (size - new_w) // 2, (size - new_h) // 2, new_w, new_h
+
+
 def _resample(im: Image.Image, size: int, resize: str) -> np.ndarray:
     width, height = im.size
     if resize == "squash":

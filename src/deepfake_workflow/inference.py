@@ -12,6 +12,7 @@ import contextlib
 import mmap
 import os
 import warnings
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Sequence
 
@@ -21,8 +22,10 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset, Sampler
 from tqdm.auto import tqdm
 
-from .config import schema_choices
 from .augment import Augmenter
+from .config import schema_choices
+from .crops import check_crop_size, cut, grid_origins, grid_per_side, pool_crops, random_origins
+from .synthetic import SyntheticFakes
 from .devices import resolve_device
 from .errors import ConfigError, DataError
 
@@ -64,33 +67,64 @@ def _memmap_location(images: np.ndarray) -> dict | None:
             "dtype": images.dtype.str}
 
 
+@dataclass
+class CropPlan:
+    """Native-pixel crops of `size` px: one random crop per image (training, a batch with a
+    seed) or a grid of `per_side` x `per_side` crops per image (scoring), inside `boxes`
+    (where each picture lies in its cached square; see crops.picture_boxes)."""
+
+    size: int
+    boxes: np.ndarray
+    per_side: int = 1
+
+
 class CacheBatches(Dataset):
     """Map-style dataset whose items are whole batches.
 
     A key is `(rows, seed)`: cache row numbers (sorted, for sequential memmap reads)
-    and the seed of the batch's augmentation (None = no augmentation). An item is a
-    dict: images uint8 (B,S,S,3), target int64 (B,), rows int64 (B,), and `aug`
-    (the random parameters, applied on the device) when augmenting.
+    and the seed of the batch's random draws (None = no augmentation; with a crop plan,
+    the grid of crops). An item is a dict: images uint8 (B,S,S,3), target int64 (B,),
+    rows int64 (B,), `aug` (the random parameters, applied on the device) when augmenting,
+    and `n_crops` when each image is scored as a grid of crops (images then (B*n,C,C,3)).
+    Synthetic fakes, when on, turn some real images of a seeded batch into fakes (target 1).
     """
 
     def __init__(self, images: np.ndarray, targets: np.ndarray | None = None,
-                 augmenter: Augmenter | None = None):
+                 augmenter: Augmenter | None = None, crops: CropPlan | None = None,
+                 synthetic: SyntheticFakes | None = None):
         self.images = images
         self.targets = np.zeros(len(images), np.int64) if targets is None else np.asarray(targets, np.int64)
         self.augmenter = augmenter if augmenter is not None and augmenter.active else None
+        self.crops = crops
+        self.synthetic = synthetic if synthetic is not None and synthetic.active else None
 
     def __len__(self) -> int:
         return len(self.images)
 
     def __getitem__(self, key):
         rows, seed = key
-        batch = np.ascontiguousarray(self.images[rows])
-        item = {"target": torch.from_numpy(self.targets[rows]), "rows": torch.from_numpy(rows)}
-        if seed is not None and self.augmenter is not None:
-            params = self.augmenter.sample(len(rows), np.random.default_rng(seed))
+        target = self.targets[rows]
+        item = {"rows": torch.from_numpy(rows)}
+        rng = np.random.default_rng(seed) if seed is not None else None
+        if self.crops is None:
+            batch = np.ascontiguousarray(self.images[rows])
+        elif rng is not None:  # training: one random crop per image, drawn first
+            boxes = self.crops.boxes[rows]
+            batch = cut(self.images, rows, random_origins(boxes, self.crops.size, rng), boxes, self.crops.size)
+        else:  # scoring: a grid of crops per image
+            per_image = [grid_origins(self.crops.boxes[r], self.crops.size, self.crops.per_side) for r in rows]
+            n = len(per_image[0])
+            batch = cut(self.images, np.repeat(rows, n), np.concatenate(per_image),
+                        np.repeat(self.crops.boxes[rows], n, axis=0), self.crops.size)
+            item["n_crops"] = n
+        if rng is not None and self.synthetic is not None:
+            batch, target = self.synthetic.apply(batch, target, rng)
+        if rng is not None and self.augmenter is not None:
+            params = self.augmenter.sample(len(rows), rng)
             batch = self.augmenter.apply_uint8(batch, params)
             item["aug"] = {k: torch.from_numpy(v) for k, v in params.items()}
         item["images"] = torch.from_numpy(batch)
+        item["target"] = torch.from_numpy(np.ascontiguousarray(target))
         return item
 
     def __getstate__(self):
@@ -166,7 +200,8 @@ def predict_log_probs(model: nn.Module, batches: Iterable, *, device: torch.devi
                       channels_last: bool = False, tta: str = "none", total: int | None = None,
                       progress: bool = False, desc: str = "predict") -> tuple[np.ndarray, np.ndarray]:
     """Log-probabilities (N,C) float64 and the cache rows (N,) of every batch, in order.
-    With tta='hflip' the probabilities of the image and its mirror are averaged."""
+    With tta='hflip' the probabilities of the image and its mirror are averaged; a batch of
+    crop grids (`n_crops`) is pooled to one score per image (crops.pool_crops)."""
     if tta not in TTA_CHOICES:
         raise ConfigError(f"predict.tta: expected one of {', '.join(TTA_CHOICES)}, got {tta!r}")
     model.eval()
@@ -178,6 +213,7 @@ def predict_log_probs(model: nn.Module, batches: Iterable, *, device: torch.devi
             if tta == "hflip":
                 flipped = torch.log_softmax(model(x.flip(3)).float(), dim=1)
                 log_p = torch.logsumexp(torch.stack([log_p, flipped]), dim=0) - np.log(2.0)
+        log_p = pool_crops(log_p, int(batch.get("n_crops", 1)))
         outputs.append(log_p.double().cpu())
         rows.append(batch["rows"])
     if not outputs:
@@ -210,10 +246,30 @@ def load_checkpoint(path: str | os.PathLike) -> tuple[nn.Module, dict]:
     return model, meta
 
 
+def scoring_crops(crop_size: int | None, image_size: int, boxes: np.ndarray | None, n: int,
+                  per_side: int | str = "auto") -> CropPlan | None:
+    """The crop grid that scores `n` cached images of a model trained on `crop_size` crops
+    (None: the model saw whole images, no crops). `auto` covers each picture."""
+    if not crop_size:
+        return None
+    check_crop_size(int(crop_size), image_size)
+    if boxes is None:
+        boxes = np.tile(np.array([0, 0, image_size, image_size], np.int64), (n, 1))
+    if per_side == "auto":
+        per_side = grid_per_side(image_size, int(crop_size))
+    return CropPlan(size=int(crop_size), boxes=boxes, per_side=int(per_side))
+
+
 def predict_images(model: nn.Module, meta: dict, images: np.ndarray, *, batch_size: int = 64,
                    tta: str = "none", device: str = "auto", num_workers: int = 0,
-                   precision: str = "auto", progress: bool = True) -> np.ndarray:
-    """P(fake) as float64 in [0, 1] for every image of a uint8 (N,S,S,3) array."""
+                   precision: str = "auto", progress: bool = True, boxes: np.ndarray | None = None,
+                   crops: int | str = "auto") -> np.ndarray:
+    """P(fake) as float64 in [0, 1] for every image of a uint8 (N,S,S,3) array.
+
+    A model trained on crops (`meta["crop_size"]`) scores a grid of crops per image, inside
+    `boxes` (where each picture lies in its square; None = the whole square); `crops` is
+    the grid's crops per side (`auto`: enough to cover the picture).
+    """
     if images.ndim != 4 or images.shape[-1] != 3 or images.dtype != np.uint8:
         raise DataError(f"images: expected uint8 (N,S,S,3), got {images.dtype} {images.shape}")
     if images.shape[1] != meta.get("image_size", images.shape[1]):
@@ -224,8 +280,10 @@ def predict_images(model: nn.Module, meta: dict, images: np.ndarray, *, batch_si
     channels_last = True  # faster with cuDNN and with oneDNN (CPU) alike
     model = model.to(dev, memory_format=torch.channels_last)
     mean, std = normalisation(meta["mean"], meta["std"], dev)
-    plan = BatchPlan(sequential_keys(np.arange(len(images)), batch_size))
-    loader = make_loader(CacheBatches(images), plan, num_workers=num_workers, device=dev)
+    plan_crops = scoring_crops(meta.get("crop_size"), images.shape[1], boxes, len(images), crops)
+    per_batch = batch_size if plan_crops is None else max(1, batch_size // plan_crops.per_side ** 2)
+    plan = BatchPlan(sequential_keys(np.arange(len(images)), per_batch))
+    loader = make_loader(CacheBatches(images, crops=plan_crops), plan, num_workers=num_workers, device=dev)
     log_p, rows = predict_log_probs(model, loader, device=dev, mean=mean, std=std, precision=prec,
                                     channels_last=channels_last, tta=tta, total=len(plan),
                                     progress=progress)

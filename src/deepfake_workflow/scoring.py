@@ -11,7 +11,7 @@ import numpy as np
 import pandas as pd
 
 from .errors import DataError
-from .imageio import load_rgb
+from .imageio import load_rgb_and_size, picture_box
 from .labels import IMAGE_SUFFIXES
 
 
@@ -49,9 +49,12 @@ def score_paths(paths: list[Path], checkpoints: list[Path], *, size: int | None 
     # Decode a bounded chunk at a time so any number of images fits in memory.
     for start in range(0, len(paths), 16 * batch_size):
         chunk = paths[start:start + 16 * batch_size]
-        images = np.stack([load_rgb(p, size, resize) for p in chunk])
+        decoded = [load_rgb_and_size(p, size, resize) for p in chunk]
+        images = np.stack([array for array, _ in decoded])
+        boxes = np.array([picture_box(resize, w, h, size) for _, (w, h) in decoded], dtype=np.int64)
         for model, model_meta in models:
             scores[start:start + len(chunk)] += predict_images(
-                model, model_meta, images, batch_size=batch_size, tta=tta, device=device, progress=False)
+                model, model_meta, images, batch_size=batch_size, tta=tta, device=device, progress=False,
+                boxes=boxes)
     scores /= len(models)
     return pd.DataFrame({"img_name": [str(p) for p in paths], "y_pred": scores})

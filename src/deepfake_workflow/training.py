@@ -26,11 +26,13 @@ from tqdm.auto import tqdm
 from .atomic import atomic_path, write_csv, write_json
 from .augment import Augmenter
 from .config import section_defaults, validate_section
+from .crops import check_crop_size, grid_per_side, picture_boxes
 from .devices import resolve_device
 from .errors import ConfigError, DataError
-from .inference import (BatchPlan, CacheBatches, autocast, make_loader, normalisation,
+from .inference import (BatchPlan, CacheBatches, CropPlan, autocast, make_loader, normalisation,
                         predict_log_probs, prepare_batch, resolve_precision, sequential_keys)
 from .models import create_model, data_config
+from .synthetic import SyntheticFakes
 from .tables import require_columns
 
 DEFAULTS = section_defaults("train")  # from the config schema: one place for defaults
@@ -46,6 +48,7 @@ def resolve_train_cfg(train_cfg: dict | None) -> dict:
     """`train_cfg` checked against the config schema, defaults filled in."""
     cfg = validate_section("train", train_cfg)
     Augmenter(cfg["augment"])
+    SyntheticFakes(cfg["synthetic_fakes"])
     return cfg
 
 
@@ -97,7 +100,8 @@ def derive_seed(*parts: int) -> int:
 def epoch_keys(train_rows: np.ndarray, batch_size: int, *, seed: int, fold: int, epoch: int,
                max_batches: int | None, augment: bool) -> list:
     """Shuffled batch keys of one epoch. The last incomplete batch is dropped (a batch
-    of one breaks BatchNorm) unless it is the only one."""
+    of one breaks BatchNorm) unless it is the only one. `augment`: each batch gets the seed
+    of its random draws (crops, synthetic fakes, augmentation)."""
     order = np.random.default_rng(derive_seed(seed, fold, epoch, 1)).permutation(train_rows)
     n_batches = max(1, len(order) // batch_size)
     if max_batches is not None:
@@ -225,13 +229,13 @@ def evaluate(ctx: StepContext, loader, plan_len: int, targets: np.ndarray, *, pr
 # ----------------------------------------------------------------------------- state
 
 def fingerprint(model_cfg: dict, cfg: dict, seed: int, fold: int, images_shape, train_rows, val_rows,
-                targets) -> str:
+                targets, resize: str = "squash") -> str:
     """Hash of everything that determines the result of a fold's training."""
     relevant = {k: v for k, v in cfg.items() if k not in _NOT_FINGERPRINTED}
     rows = hashlib.sha256()
     for array in (train_rows, val_rows, targets[train_rows], targets[val_rows]):
         rows.update(np.ascontiguousarray(array, dtype=np.int64).tobytes())
-    blob = json.dumps({"model": model_cfg, "train": relevant, "seed": seed, "fold": fold,
+    blob = json.dumps({"model": model_cfg, "train": relevant, "seed": seed, "fold": fold, "resize": resize,
                        "shape": list(images_shape), "rows": rows.hexdigest()},
                       sort_keys=True, default=str)
     return hashlib.sha256(blob.encode()).hexdigest()
@@ -266,11 +270,12 @@ def _load_state(path: Path, fp: str) -> dict | None:
 def train_fold(*, images: np.ndarray, index: pd.DataFrame, folds: pd.DataFrame, fold: int,
                model_cfg: dict, train_cfg: dict, seed: int, out_dir: Path, state_dir: Path,
                progress: bool = True, on_epoch_end: Callable[[dict], None] | None = None,
-               checkpoint_meta: dict | None = None) -> dict:
+               resize: str = "squash", checkpoint_meta: dict | None = None) -> dict:
     """Train one fold; write best.pt, history.csv, oof.csv and metrics.json to `out_dir`.
 
-    `checkpoint_meta` (plain values, e.g. the cache's resize mode) is stored in best.pt so
-    that scoring new images later prepares them exactly as the cache did.
+    `resize` is the cache's resize mode (where each picture lies in its square, for crops).
+    It, the crop size and `checkpoint_meta` (plain values) are stored in best.pt so that
+    scoring new images later prepares them exactly as training did.
 
     `state_dir/last.pt` is written after every epoch and picked up on the next call with
     the same configuration, which resumes from the next epoch; it is deleted once the
@@ -289,7 +294,9 @@ def train_fold(*, images: np.ndarray, index: pd.DataFrame, folds: pd.DataFrame, 
     out_dir, state_dir = Path(out_dir), Path(state_dir)
     train_rows, val_rows, targets = select_fold_rows(index, folds, fold)
     device = resolve_device(cfg["device"])
-    fp = fingerprint(model_cfg, cfg, seed, fold, images.shape, train_rows, val_rows, targets)
+    if cfg["crop_size"] is not None:
+        check_crop_size(cfg["crop_size"], images.shape[1])
+    fp = fingerprint(model_cfg, cfg, seed, fold, images.shape, train_rows, val_rows, targets, resize)
     last_path = state_dir / "last.pt"
     state = _load_state(last_path, fp)
 
@@ -301,7 +308,7 @@ def train_fold(*, images: np.ndarray, index: pd.DataFrame, folds: pd.DataFrame, 
     try:
         return _train(images, index, fold, model_cfg, cfg, seed, out_dir, state_dir, last_path,
                       state, fp, train_rows, val_rows, targets, device, progress, on_epoch_end,
-                      checkpoint_meta or {})
+                      {"resize": resize, "crop_size": cfg["crop_size"], **(checkpoint_meta or {})})
     finally:
         torch.use_deterministic_algorithms(previous_determinism)
 
@@ -336,11 +343,19 @@ def _train(images, index, fold, model_cfg, cfg, seed, out_dir, state_dir, last_p
             torch.cuda.set_rng_state_all(state["rng_cuda"])
         print(f"fold {fold}: resuming after epoch {start_epoch} from {last_path}", file=sys.stderr)
 
-    augment_on = ctx.augmenter is not None
-    train_plan, val_plan = BatchPlan(), BatchPlan(sequential_keys(val_rows, 2 * cfg["batch_size"]))
-    train_loader = make_loader(CacheBatches(images, targets, ctx.augmenter), train_plan,
-                               num_workers=cfg["num_workers"], device=device)
-    val_loader = make_loader(CacheBatches(images, targets), val_plan,
+    synthetic = SyntheticFakes(cfg["synthetic_fakes"])
+    train_crops = val_crops = None
+    if cfg["crop_size"] is not None:
+        boxes = picture_boxes(index, images.shape[1], checkpoint_meta["resize"])
+        train_crops = CropPlan(size=cfg["crop_size"], boxes=boxes)
+        val_crops = CropPlan(size=cfg["crop_size"], boxes=boxes,
+                             per_side=grid_per_side(images.shape[1], cfg["crop_size"]))
+    random_draws = ctx.augmenter is not None or train_crops is not None or synthetic.active
+    val_batch = 2 * cfg["batch_size"] // (val_crops.per_side ** 2 if val_crops else 1)
+    train_plan, val_plan = BatchPlan(), BatchPlan(sequential_keys(val_rows, max(1, val_batch)))
+    train_loader = make_loader(CacheBatches(images, targets, ctx.augmenter, crops=train_crops, synthetic=synthetic),
+                               train_plan, num_workers=cfg["num_workers"], device=device)
+    val_loader = make_loader(CacheBatches(images, targets, crops=val_crops), val_plan,
                              num_workers=cfg["num_workers"], device=device)
     stopped = state is not None and state.get("stopped", False)
     epoch = start_epoch
@@ -348,33 +363,39 @@ def _train(images, index, fold, model_cfg, cfg, seed, out_dir, state_dir, last_p
         epoch_start = time.perf_counter()
         torch.manual_seed(derive_seed(seed, fold, epoch, 3))  # dropout / drop-path
         train_plan.keys = epoch_keys(train_rows, cfg["batch_size"], seed=seed, fold=fold, epoch=epoch,
-                                     max_batches=cfg["max_train_batches"], augment=augment_on)
+                                     max_batches=cfg["max_train_batches"], augment=random_draws)
         tr = train_one_epoch(ctx, train_loader, total=len(train_plan), progress=progress,
                              desc=f"fold {fold} epoch {epoch + 1}/{cfg['epochs']}")
-        va = evaluate(ctx, val_loader, len(val_plan), targets, progress=progress)
+        # held-out evaluation every `eval_every` epochs and always after the last one
+        evaluated = (epoch + 1) % cfg["eval_every"] == 0 or epoch + 1 == cfg["epochs"]
+        va = evaluate(ctx, val_loader, len(val_plan), targets, progress=progress) if evaluated else None
         epoch += 1
         train_seconds += tr["seconds"]
         train_images += tr["images"]
-        row = {"epoch": epoch, "train_loss": tr["loss"], "train_acc": tr["acc"], "val_loss": va["loss"],
-               "val_acc": va["acc"], "val_auc": va["auc"], "lr": tr["lr"],
-               "images_per_s": tr["images"] / tr["seconds"] if tr["seconds"] > 0 else float("nan"),
+        nan = float("nan")
+        row = {"epoch": epoch, "train_loss": tr["loss"], "train_acc": tr["acc"],
+               "val_loss": va["loss"] if va else nan, "val_acc": va["acc"] if va else nan,
+               "val_auc": va["auc"] if va else nan, "lr": tr["lr"],
+               "images_per_s": tr["images"] / tr["seconds"] if tr["seconds"] > 0 else nan,
                "epoch_seconds": time.perf_counter() - epoch_start}
         history.append(row)
-        # model selection on AUC; on a one-class held-out fold (AUC undefined) on loss
-        score = va["auc"] if not math.isnan(va["auc"]) else -va["loss"]
-        if score > best["score"]:
-            prob = va["prob"][np.argsort(va["rows"], kind="stable")]  # in val_rows (sorted) order
-            best = {"epoch": epoch, "score": score, "val_auc": va["auc"],
-                    "state_dict": _cpu_state(ctx.eval_model), "prob": torch.from_numpy(prob)}
-            since_best = 0
-        else:
-            since_best += 1
+        if va is not None:
+            # model selection on AUC; on a one-class held-out fold (AUC undefined) on loss
+            score = va["auc"] if not math.isnan(va["auc"]) else -va["loss"]
+            if score > best["score"]:
+                prob = va["prob"][np.argsort(va["rows"], kind="stable")]  # in val_rows (sorted) order
+                best = {"epoch": epoch, "score": score, "val_auc": va["auc"],
+                        "state_dict": _cpu_state(ctx.eval_model), "prob": torch.from_numpy(prob)}
+                since_best = 0
+            else:
+                since_best += 1
         patience = cfg["early_stopping_patience"]
         stopped = patience > 0 and since_best >= patience
         if progress:
-            print(f"fold {fold} epoch {epoch}: train_loss {row['train_loss']:.4f} val_loss "
-                  f"{row['val_loss']:.4f} val_auc {row['val_auc']:.4f} ({row['images_per_s']:.1f} img/s)"
-                  + ("; early stop" if stopped else ""), file=sys.stderr)
+            held_out = (f"val_loss {row['val_loss']:.4f} val_auc {row['val_auc']:.4f}" if va
+                        else "(not evaluated this epoch)")
+            print(f"fold {fold} epoch {epoch}: train_loss {row['train_loss']:.4f} {held_out} "
+                  f"({row['images_per_s']:.1f} img/s)" + ("; early stop" if stopped else ""), file=sys.stderr)
         save_torch_atomic({
             "fingerprint": fp, "epoch": epoch, "model": _cpu_state(ctx.model),
             "optimizer": ctx.optimizer.state_dict(), "scheduler": ctx.scheduler.state_dict(),
