@@ -50,20 +50,22 @@ def test_a_crop_never_shows_padding_and_zero_fills_a_small_picture():
     assert (small[0, :8, :8] == 200).all() and small[0, 8:].sum() == 0 and small[0, :, 8:].sum() == 0
 
 
-def test_the_scoring_grid_covers_the_whole_picture():
+def test_the_scoring_grid_covers_the_whole_picture_with_few_crops():
     box = np.array([7, 3, 100, 61])
-    n = grid_per_side(100, 32)
+    origins = grid_origins(box, 32)
+    assert len(origins) == grid_per_side(100, 32) * grid_per_side(61, 32) == 8
     covered = np.zeros((128, 128), bool)
-    for x, y in grid_origins(box, 32, n):
+    for x, y in origins:
         covered[y:y + 32, x:x + 32] = True
     assert covered[3:64, 7:107].all() and not covered[:3].any() and not covered[:, :7].any()
+    assert len(grid_origins(box, 32, per_side=2)) == 4
 
 
 def test_pooling_follows_one_fake_crop_more_than_the_mean():
     agree = torch.log_softmax(torch.tensor([[0.0, 1.0]] * 4), 1)
-    assert torch.allclose(pool_crops(agree, 4), agree[:1], atol=1e-6)
+    assert torch.allclose(pool_crops(agree, [4]), agree[:1], atol=1e-6)
     one_fake = torch.log_softmax(torch.tensor([[3.0, 0.0]] * 3 + [[0.0, 5.0]]), 1)
-    pooled = pool_crops(one_fake, 4).exp()[0, 1]
+    pooled = pool_crops(one_fake, [4]).exp()[0, 1]
     assert pooled > one_fake.exp()[:, 1].mean() and pooled < one_fake.exp()[:, 1].max()
 
 
@@ -94,7 +96,11 @@ def test_cache_batches_crop_synthesise_and_grid():
     assert (train[(np.arange(5), 11)]["images"] == item["images"]).all()
     score = CacheBatches(images, targets, crops=CropPlan(size=24, boxes=boxes, per_side=3))
     grid = score[(np.array([1, 3]), None)]
-    assert grid["n_crops"] == 9 and grid["images"].shape == (18, 24, 24, 3) and grid["target"].tolist() == [0, 0]
+    assert grid["crop_counts"] == [9, 9] and grid["images"].shape == (18, 24, 24, 3)
+    assert grid["target"].tolist() == [0, 0]
+    small = np.tile([20, 20, 30, 24], (5, 1))  # a 30x24 picture: 2 x 1 crops of 24 px cover it
+    auto = CacheBatches(images, targets, crops=CropPlan(size=24, boxes=small))[(np.array([0, 4]), None)]
+    assert auto["crop_counts"] == [2, 2]
 
 
 @pytest.fixture(scope="module")

@@ -13,6 +13,7 @@ import math
 import numpy as np
 import pandas as pd
 import torch
+import torch.nn.functional as F
 
 from .errors import DataError
 from .imageio import picture_box
@@ -33,9 +34,9 @@ def picture_boxes(index: pd.DataFrame, size: int, resize: str) -> np.ndarray:
                     dtype=np.int64).reshape(-1, 4)
 
 
-def grid_per_side(size: int, crop: int) -> int:
-    """Crops per side that cover a `size` square with `crop` crops (the `auto` grid)."""
-    return max(1, math.ceil(size / crop))
+def grid_per_side(length: int, crop: int) -> int:
+    """Crops along one side that cover `length` pixels with `crop` crops."""
+    return max(1, math.ceil(length / crop))
 
 
 def random_origins(boxes: np.ndarray, crop: int, rng: np.random.Generator) -> np.ndarray:
@@ -47,11 +48,17 @@ def random_origins(boxes: np.ndarray, crop: int, rng: np.random.Generator) -> np
     return np.stack([x, y], axis=1)
 
 
-def grid_origins(box: np.ndarray, crop: int, per_side: int) -> np.ndarray:
-    """(per_side**2, 2) corners of crops spread evenly over one box (overlapping if small)."""
+def grid_origins(box: np.ndarray, crop: int, per_side: int | None = None) -> np.ndarray:
+    """(n, 2) corners of crops spread evenly over one box, overlapping where they must.
+
+    `per_side` crops along each side, or None: the fewest that cover the box (a 500x300
+    picture with 192 px crops gets 3 x 2), so small pictures cost few crops.
+    """
     x0, y0, w, h = (int(v) for v in box)
-    xs = np.linspace(x0, x0 + max(w - crop, 0), per_side).round().astype(np.int64)
-    ys = np.linspace(y0, y0 + max(h - crop, 0), per_side).round().astype(np.int64)
+    nx = per_side or grid_per_side(w, crop)
+    ny = per_side or grid_per_side(h, crop)
+    xs = np.linspace(x0, x0 + max(w - crop, 0), nx).round().astype(np.int64)
+    ys = np.linspace(y0, y0 + max(h - crop, 0), ny).round().astype(np.int64)
     return np.array([(x, y) for y in ys for x in xs], dtype=np.int64)
 
 
@@ -72,14 +79,14 @@ def check_crop_size(crop: int | None, size: int) -> None:
                         f"lower it or raise cache.size")
 
 
-def pool_crops(log_p: torch.Tensor, n_crops: int) -> torch.Tensor:
-    """(B*n, 2) log-probabilities of crops -> (B, 2) per image.
+def pool_crops(log_p: torch.Tensor, counts: list[int] | None) -> torch.Tensor:
+    """Log-probabilities of crops (sum(counts), 2) -> per image (len(counts), 2).
 
     The image's fake log-odds is the log-mean-exp of its crops' log-odds: near the mean when
     all crops agree, near the maximum when one crop is clearly fake (a local edit).
     """
-    if n_crops == 1:
+    if counts is None:
         return log_p
-    z = (log_p[:, 1] - log_p[:, 0]).view(-1, n_crops)
-    pooled = torch.logsumexp(z, dim=1) - math.log(n_crops)
-    return torch.stack([torch.nn.functional.logsigmoid(-pooled), torch.nn.functional.logsigmoid(pooled)], dim=1)
+    z = log_p[:, 1] - log_p[:, 0]
+    pooled = torch.stack([torch.logsumexp(part, dim=0) - math.log(len(part)) for part in torch.split(z, counts)])
+    return torch.stack([F.logsigmoid(-pooled), F.logsigmoid(pooled)], dim=1)

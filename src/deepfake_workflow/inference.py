@@ -69,13 +69,14 @@ def _memmap_location(images: np.ndarray) -> dict | None:
 
 @dataclass
 class CropPlan:
-    """Native-pixel crops of `size` px: one random crop per image (training, a batch with a
-    seed) or a grid of `per_side` x `per_side` crops per image (scoring), inside `boxes`
-    (where each picture lies in its cached square; see crops.picture_boxes)."""
+    """Native-pixel crops of `size` px inside `boxes` (where each picture lies in its cached
+    square; see crops.picture_boxes): one random crop per image for a batch with a seed
+    (training), else a grid per image (scoring): `per_side` x `per_side` crops, or with
+    None the fewest crops that cover each picture."""
 
     size: int
     boxes: np.ndarray
-    per_side: int = 1
+    per_side: int | None = None
 
 
 class CacheBatches(Dataset):
@@ -85,7 +86,7 @@ class CacheBatches(Dataset):
     and the seed of the batch's random draws (None = no augmentation; with a crop plan,
     the grid of crops). An item is a dict: images uint8 (B,S,S,3), target int64 (B,),
     rows int64 (B,), `aug` (the random parameters, applied on the device) when augmenting,
-    and `n_crops` when each image is scored as a grid of crops (images then (B*n,C,C,3)).
+    and `crop_counts` (crops per image) when each image is scored as a grid of crops.
     Synthetic fakes, when on, turn some real images of a seeded batch into fakes (target 1).
     """
 
@@ -113,10 +114,10 @@ class CacheBatches(Dataset):
             batch = cut(self.images, rows, random_origins(boxes, self.crops.size, rng), boxes, self.crops.size)
         else:  # scoring: a grid of crops per image
             per_image = [grid_origins(self.crops.boxes[r], self.crops.size, self.crops.per_side) for r in rows]
-            n = len(per_image[0])
-            batch = cut(self.images, np.repeat(rows, n), np.concatenate(per_image),
-                        np.repeat(self.crops.boxes[rows], n, axis=0), self.crops.size)
-            item["n_crops"] = n
+            counts = [len(o) for o in per_image]
+            batch = cut(self.images, np.repeat(rows, counts), np.concatenate(per_image),
+                        np.repeat(self.crops.boxes[rows], counts, axis=0), self.crops.size)
+            item["crop_counts"] = counts
         if rng is not None and self.synthetic is not None:
             batch, target = self.synthetic.apply(batch, target, rng)
         if rng is not None and self.augmenter is not None:
@@ -201,7 +202,7 @@ def predict_log_probs(model: nn.Module, batches: Iterable, *, device: torch.devi
                       progress: bool = False, desc: str = "predict") -> tuple[np.ndarray, np.ndarray]:
     """Log-probabilities (N,C) float64 and the cache rows (N,) of every batch, in order.
     With tta='hflip' the probabilities of the image and its mirror are averaged; a batch of
-    crop grids (`n_crops`) is pooled to one score per image (crops.pool_crops)."""
+    crop grids (`crop_counts`) is pooled to one score per image (crops.pool_crops)."""
     if tta not in TTA_CHOICES:
         raise ConfigError(f"predict.tta: expected one of {', '.join(TTA_CHOICES)}, got {tta!r}")
     model.eval()
@@ -213,7 +214,7 @@ def predict_log_probs(model: nn.Module, batches: Iterable, *, device: torch.devi
             if tta == "hflip":
                 flipped = torch.log_softmax(model(x.flip(3)).float(), dim=1)
                 log_p = torch.logsumexp(torch.stack([log_p, flipped]), dim=0) - np.log(2.0)
-        log_p = pool_crops(log_p, int(batch.get("n_crops", 1)))
+        log_p = pool_crops(log_p, batch.get("crop_counts"))
         outputs.append(log_p.double().cpu())
         rows.append(batch["rows"])
     if not outputs:
@@ -255,9 +256,12 @@ def scoring_crops(crop_size: int | None, image_size: int, boxes: np.ndarray | No
     check_crop_size(int(crop_size), image_size)
     if boxes is None:
         boxes = np.tile(np.array([0, 0, image_size, image_size], np.int64), (n, 1))
-    if per_side == "auto":
-        per_side = grid_per_side(image_size, int(crop_size))
-    return CropPlan(size=int(crop_size), boxes=boxes, per_side=int(per_side))
+    return CropPlan(size=int(crop_size), boxes=boxes, per_side=None if per_side == "auto" else int(per_side))
+
+
+def crops_per_image(crop_size: int | None, image_size: int) -> int:
+    """At most this many crops score one image (a whole-image model: 1)."""
+    return grid_per_side(image_size, int(crop_size)) ** 2 if crop_size else 1
 
 
 def predict_images(model: nn.Module, meta: dict, images: np.ndarray, *, batch_size: int = 64,
@@ -281,7 +285,8 @@ def predict_images(model: nn.Module, meta: dict, images: np.ndarray, *, batch_si
     model = model.to(dev, memory_format=torch.channels_last)
     mean, std = normalisation(meta["mean"], meta["std"], dev)
     plan_crops = scoring_crops(meta.get("crop_size"), images.shape[1], boxes, len(images), crops)
-    per_batch = batch_size if plan_crops is None else max(1, batch_size // plan_crops.per_side ** 2)
+    most = crops_per_image(meta.get("crop_size"), images.shape[1]) if crops == "auto" else int(crops) ** 2
+    per_batch = batch_size if plan_crops is None else max(1, batch_size // most)
     plan = BatchPlan(sequential_keys(np.arange(len(images)), per_batch))
     loader = make_loader(CacheBatches(images, crops=plan_crops), plan, num_workers=num_workers, device=dev)
     log_p, rows = predict_log_probs(model, loader, device=dev, mean=mean, std=std, precision=prec,

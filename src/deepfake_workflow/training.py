@@ -26,10 +26,10 @@ from tqdm.auto import tqdm
 from .atomic import atomic_path, write_csv, write_json
 from .augment import Augmenter
 from .config import section_defaults, validate_section
-from .crops import check_crop_size, grid_per_side, picture_boxes
+from .crops import check_crop_size, picture_boxes
 from .devices import resolve_device
 from .errors import ConfigError, DataError
-from .inference import (BatchPlan, CacheBatches, CropPlan, autocast, make_loader, normalisation,
+from .inference import (BatchPlan, CacheBatches, CropPlan, autocast, crops_per_image, make_loader, normalisation,
                         predict_log_probs, prepare_batch, resolve_precision, sequential_keys)
 from .models import create_model, data_config
 from .synthetic import SyntheticFakes
@@ -348,10 +348,9 @@ def _train(images, index, fold, model_cfg, cfg, seed, out_dir, state_dir, last_p
     if cfg["crop_size"] is not None:
         boxes = picture_boxes(index, images.shape[1], checkpoint_meta["resize"])
         train_crops = CropPlan(size=cfg["crop_size"], boxes=boxes)
-        val_crops = CropPlan(size=cfg["crop_size"], boxes=boxes,
-                             per_side=grid_per_side(images.shape[1], cfg["crop_size"]))
+        val_crops = CropPlan(size=cfg["crop_size"], boxes=boxes)  # covering each picture, as predict's auto
     random_draws = ctx.augmenter is not None or train_crops is not None or synthetic.active
-    val_batch = 2 * cfg["batch_size"] // (val_crops.per_side ** 2 if val_crops else 1)
+    val_batch = 2 * cfg["batch_size"] // crops_per_image(cfg["crop_size"], images.shape[1])
     train_plan, val_plan = BatchPlan(), BatchPlan(sequential_keys(val_rows, max(1, val_batch)))
     train_loader = make_loader(CacheBatches(images, targets, ctx.augmenter, crops=train_crops, synthetic=synthetic),
                                train_plan, num_workers=cfg["num_workers"], device=device)
