@@ -173,3 +173,27 @@ def test_bad_inputs_name_the_problem(run, tmp_path):
     with pytest.raises(DataError, match="index has 199 rows"):
         build(run, tmp_path, val_index=run["val_index"].iloc[1:])
     assert not list(tmp_path.iterdir())  # nothing written when the input is bad
+
+
+def test_methods_unseen_in_training_are_marked_with_the_seen_unseen_gap(run, tmp_path):
+    # training images made with gan and diffusion only: faceswap is unseen
+    train_methods = pd.DataFrame({"img_name": run["oof"]["img_name"],
+                                  "method": np.where(run["oof"]["target"] == 1,
+                                                     np.where(np.arange(len(run["oof"])) % 2, "gan", "diffusion"),
+                                                     "real")})
+    methods = pd.concat([run["methods"], train_methods], ignore_index=True)
+    y = run["val_labels"]["target"].to_numpy()
+    # the detector is perfect on the seen methods and at chance on faceswap
+    val_methods = run["methods"]["method"].to_numpy()
+    rng = np.random.default_rng(3)
+    score = np.where(val_methods == "faceswap", rng.random(len(y)), np.where(y == 1, 0.9, 0.1))
+    score[y == 0] = rng.random((y == 0).sum()) * 0.5
+    val_pred = pd.DataFrame({"img_name": run["val_labels"]["img_name"], "y_pred": score})
+    metrics = build(run, tmp_path, methods=methods, val_pred=val_pred)
+    gen = metrics["generalisation"]
+    assert gen["unseen_methods"] == ["faceswap"]
+    assert gen["seen_auc_mean"] == pytest.approx(1.0) and gen["unseen_auc_mean"] < 0.8
+    assert gen["gap"] == pytest.approx(gen["seen_auc_mean"] - gen["unseen_auc_mean"])
+    html = (tmp_path / "report.html").read_text()
+    assert "<td>faceswap</td><td>no (unseen)</td>" in html and "<td>gan</td><td>yes</td>" in html
+    assert strict_json(tmp_path / "metrics.json")["generalisation"]["unseen_methods"] == ["faceswap"]

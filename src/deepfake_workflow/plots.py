@@ -211,20 +211,27 @@ def plot_mistakes_gallery(
 
 def plot_auc_by_method(
     aucs: Mapping[str, float], path: str | os.PathLike, *, counts: Mapping[str, int] | None = None,
-    overall: float | None = None,
+    overall: float | None = None, unseen: Sequence[str] = (),
 ) -> Path:
-    """Horizontal bars: AUC of each fake method against all reals, worst method on top."""
+    """Horizontal bars: AUC of each fake method against all reals, worst method on top;
+    methods never seen in training are hatched and marked."""
     items = sorted(((m, a) for m, a in aucs.items() if a is not None), key=lambda kv: kv[1])
     if not items:
         raise DataError("no method has a defined AUC to plot")
     fig = Figure(figsize=(6.5, 1.2 + 0.35 * len(items)))
     ax = fig.add_subplot()
-    labels = [f"{m} (n={counts[m]})" if counts and m in counts else m for m, _ in items]
+    labels = [(f"{m} (n={counts[m]})" if counts and m in counts else m) + (", unseen" if m in unseen else "")
+              for m, _ in items]
     values = [a for _, a in items]
-    ax.barh(range(len(items)), values, color=FAKE_COLOR)
+    bars = ax.barh(range(len(items)), values, color=FAKE_COLOR)
+    for bar, (m, _) in zip(bars, items):
+        if m in unseen:
+            bar.set_hatch("//")
+            bar.set_edgecolor("white")
     for i, v in enumerate(values):
         ax.text(0.01, i, f"{v:.4f}", va="center", ha="left", color="white", fontsize=8, fontweight="bold")
-    title = "AUC by manipulation method"
+    title = "AUC by manipulation method" + ("; hatched: unseen in training" if any(m in unseen for m, _ in items)
+                                            else "")
     if overall is not None:
         ax.axvline(overall, color="black", ls="--", lw=1)
         title += f" (dashed: all fakes, {overall:.4f})"

@@ -208,10 +208,17 @@ def _html_report(metrics: dict, plots: dict[str, Path]) -> str:
     by_method = ""
     if metrics.get("val_by_method"):
         counts = metrics.get("val_by_method_n_fake", {})
-        by_method = ("<h2>Validation AUC by manipulation method</h2><table><tr><th>method</th>"
-                     "<th>fakes</th><th>ROC AUC</th></tr>"
-                     + "".join(f"<tr><td>{html.escape(m)}</td><td>{_fmt(counts.get(m))}</td>"
-                               f"<td>{_fmt(a)}</td></tr>" for m, a in metrics["val_by_method"].items())
+        gen = metrics.get("generalisation", {})
+        unseen = set(gen.get("unseen_methods", []))
+        by_method = ("<h2>Validation AUC by manipulation method</h2>"
+                     f"<p>Seen in training: mean AUC <b>{_fmt(gen.get('seen_auc_mean'))}</b>; "
+                     f"unseen in training: <b>{_fmt(gen.get('unseen_auc_mean'))}</b> "
+                     f"(gap {_fmt(gen.get('gap'))}). A method is unseen when no training image was "
+                     "made with it: how the detector fares on manipulations it was not taught.</p>"
+                     "<table><tr><th>method</th><th>in training</th><th>fakes</th><th>ROC AUC</th></tr>"
+                     + "".join(f"<tr><td>{html.escape(m)}</td><td>{'no (unseen)' if m in unseen else 'yes'}</td>"
+                               f"<td>{_fmt(counts.get(m))}</td><td>{_fmt(a)}</td></tr>"
+                               for m, a in metrics["val_by_method"].items())
                      + "</table>")
 
     glossary = "".join(f"<dt>{html.escape(t)}</dt><dd>{html.escape(d)}</dd>" for t, d in GLOSSARY)
@@ -253,6 +260,28 @@ submission's combined prediction on the official validation split.</p>
 <h2>Run information</h2><table>{run_info}</table>
 </body></html>
 """
+
+
+def seen_vs_unseen(val_by_method: dict, oof: pd.DataFrame, methods: pd.DataFrame) -> dict:
+    """Which validation methods training never saw, and the mean AUC of seen and unseen ones.
+
+    Training saw the methods of the fakes in the out-of-fold predictions (every training
+    image is in exactly one held-out fold). The gap is how much a detector loses on
+    manipulations it was not trained on: the competition's real difficulty.
+    """
+    train_fakes = oof.loc[oof["target"] == 1, ["img_name"]].merge(methods[["img_name", "method"]], on="img_name")
+    seen = set(train_fakes["method"].dropna().astype(str))
+    if not seen:  # the table names no training image's method: nothing is known to be unseen
+        seen = set(val_by_method)
+    unseen = sorted(m for m in val_by_method if m not in seen)
+
+    def mean(names):
+        values = [val_by_method[m] for m in names if val_by_method[m] is not None]
+        return float(np.mean(values)) if values else None
+
+    seen_mean, unseen_mean = mean([m for m in val_by_method if m in seen]), mean(unseen)
+    gap = seen_mean - unseen_mean if seen_mean is not None and unseen_mean is not None else None
+    return {"unseen_methods": unseen, "seen_auc_mean": seen_mean, "unseen_auc_mean": unseen_mean, "gap": gap}
 
 
 def build_report(*, histories: dict[int, pd.DataFrame], fold_metrics: dict[int, dict], oof: pd.DataFrame,
@@ -310,6 +339,7 @@ def build_report(*, histories: dict[int, pd.DataFrame], fold_metrics: dict[int, 
         by_method = auc_by_method(y_val, s_val, method_of)
         metrics["val_by_method"] = {m: r["auc"] for m, r in by_method.items()}
         metrics["val_by_method_n_fake"] = {m: r["n_fake"] for m, r in by_method.items()}
+        metrics["generalisation"] = seen_vs_unseen(metrics["val_by_method"], oof, methods)
 
     # read the gallery thumbnails before drawing anything: a bad cache fails with no plot written
     gallery = None
@@ -342,7 +372,8 @@ def build_report(*, histories: dict[int, pd.DataFrame], fold_metrics: dict[int, 
     if any(a is not None for a in metrics.get("val_by_method", {}).values()):
         written["auc_by_method.png"] = plots.plot_auc_by_method(
             metrics["val_by_method"], out_dir / "auc_by_method.png",
-            counts=metrics["val_by_method_n_fake"], overall=metrics["val"]["auc"])
+            counts=metrics["val_by_method_n_fake"], overall=metrics["val"]["auc"],
+            unseen=metrics["generalisation"]["unseen_methods"])
     for stale in set(PLOT_EXPLANATIONS) - set(written):
         (out_dir / stale).unlink(missing_ok=True)
 
