@@ -350,7 +350,7 @@ def _train(images, index, fold, model_cfg, cfg, seed, out_dir, state_dir, last_p
         train_crops = CropPlan(size=cfg["crop_size"], boxes=boxes)
         val_crops = CropPlan(size=cfg["crop_size"], boxes=boxes)  # covering each picture, as predict's auto
     random_draws = ctx.augmenter is not None or train_crops is not None or synthetic.active
-    val_batch = 2 * cfg["batch_size"] // crops_per_image(cfg["crop_size"], images.shape[1])
+    val_batch = cfg["batch_size"] // crops_per_image(cfg["crop_size"], images.shape[1])
     train_plan, val_plan = BatchPlan(), BatchPlan(sequential_keys(val_rows, max(1, val_batch)))
     train_loader = make_loader(CacheBatches(images, targets, ctx.augmenter, crops=train_crops, synthetic=synthetic),
                                train_plan, num_workers=cfg["num_workers"], device=device)
