@@ -177,12 +177,12 @@ class Manifest:
         """What the report shows about the data (and metrics.json records)."""
         return {"description": self.describe(), "source": self.source, "root": self.root,
                 "test_source": self.test_source,
-                "n_images": {name: info["n_images"] for name, info in self.splits.items()}}
+                "n_images": {name: self.splits[name]["n_images"] for name in SPLITS if name in self.splits}}
 
     def describe(self) -> str:
         """One line naming the data a run uses, e.g.
         `data: local /data/multiFFDI: train 524,108, val 147,364, test 20,000`."""
-        counts = ", ".join(f"{name} {info['n_images']:,}" for name, info in self.splits.items())
+        counts = ", ".join(f"{name} {self.splits[name]['n_images']:,}" for name in SPLITS if name in self.splits)
         scored = "" if self.test_source == "test" else " (no phase-2 test set: the submission scores val)"
         return f"data: {self.source} {self.root}: {counts}{scored}"
 
