@@ -39,6 +39,9 @@ from sklearn.metrics import roc_auc_score
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import realphoto_data as rd  # noqa: E402
 
+from deepfake_workflow.config import deep_merge, expand_dotted_keys, parse_override  # noqa: E402
+from deepfake_workflow.errors import ConfigError  # noqa: E402
+
 REPO = Path(__file__).resolve().parent.parent
 SHORTCUT_LIMIT = 0.65  # a per-image global statistic this predictive would be a label leak
 
@@ -104,29 +107,6 @@ def shortcut_check(data_dir: Path) -> dict:
 
 
 # --------------------------------------------------------------------------- workflow
-
-
-def deep_merge(base: dict, extra: dict) -> dict:
-    out = dict(base)
-    for key, value in extra.items():
-        out[key] = deep_merge(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) \
-            else value
-    return out
-
-
-def parse_sets(sets: list[str]) -> dict:
-    """`train.epochs=4` -> {"train": {"epochs": 4}} (the value read as YAML)."""
-    out: dict = {}
-    for item in sets:
-        key, sep, value = item.partition("=")
-        if not sep or not key:
-            sys.exit(f"--set {item!r}: expected KEY=VALUE, e.g. train.epochs=4")
-        *parents, leaf = key.split(".")
-        node = out
-        for part in parents:
-            node = node.setdefault(part, {})
-        node[leaf] = yaml.safe_load(value)
-    return out
 
 
 def run_workflow(config: Path, overrides: dict, data_dir: Path, work_dir: Path, cores: int) -> float:
@@ -233,7 +213,10 @@ def main(argv=None) -> int:
     config = Path(args.config)
     if not config.is_absolute() and not config.is_file():
         config = REPO / config  # also works when started from another folder
-    overrides = parse_sets(args.set)
+    try:  # `train.epochs=4` -> {"train": {"epochs": 4}}, as the stage programs' --set
+        overrides = expand_dotted_keys(dict(parse_override(item) for item in args.set))
+    except ConfigError as exc:
+        sys.exit(f"--set: {exc}")
     run_name = "+".join([config.stem] + [s.replace("/", "_") for s in args.set])
     work_dir = Path(args.work_dir or REPO / "bench" / ".runs" / run_name).resolve()
     try:
