@@ -1,7 +1,6 @@
 #!/usr/bin/env python3
 """Stage report: metrics.json, plots and one self-contained HTML report on the validation data."""
 import argparse
-import json
 import os
 from pathlib import Path
 
@@ -14,6 +13,7 @@ from deepfake_workflow.labels import read_labels
 from deepfake_workflow.layout import Manifest
 from deepfake_workflow.metrics import combine_fold_predictions
 from deepfake_workflow.report import build_report
+from deepfake_workflow.submission import fold_scores, folds_used, read_fold_metrics
 
 REPORT_FILES = ("metrics.json", "report.html", "metrics_table.csv")
 
@@ -32,24 +32,24 @@ def main() -> None:
     config = config_from_args(args)
     manifest = Manifest.read(args.manifest)
 
-    fold_metrics = [json.loads(Path(p).read_text(encoding="utf-8")) for p in args.fold_metrics]
-    folds = [int(m["fold"]) for m in fold_metrics]
+    fold_metrics = read_fold_metrics(args.fold_metrics)
+    folds = list(fold_metrics)
     histories = {f: pd.read_csv(p) for f, p in zip(folds, args.histories)}
     val_frames = {f: pd.read_csv(p) for f, p in zip(folds, args.val_predictions)}
     strategy = config["submit"]["strategy"]
-    scores = {int(m["fold"]): float(m["best_val_auc"]) for m in fold_metrics}
-    val_pred = combine_fold_predictions(val_frames, strategy, scores)
-    used = folds if strategy == "ensemble" else [max(scores, key=scores.get)]
-    n_params = int(fold_metrics[0].get("n_params", 0))
+    used = folds_used(strategy, fold_scores(fold_metrics))
+    val_pred = combine_fold_predictions(val_frames, used)
+    first = fold_metrics[folds[0]]
+    n_params = int(first.get("n_params", 0))
     submission_info = {"strategy": strategy, "folds_used": used, "n_models": len(used),
-                       "n_params_total": n_params * len(used), "model": fold_metrics[0].get("model_name")}
+                       "n_params_total": n_params * len(used), "model": first.get("model_name")}
 
     methods = pd.read_csv(manifest.methods_file) if manifest.methods_file else None
     val_images, val_index = open_cache(args.val_cache)
     plots_dir = args.out_dir / "plots"
     with atomic_path(plots_dir, is_dir=True) as tmp:
         metrics = build_report(
-            histories=histories, fold_metrics={f: m for f, m in zip(folds, fold_metrics)},
+            histories=histories, fold_metrics=fold_metrics,
             oof=pd.concat([pd.read_csv(p) for p in args.oof], ignore_index=True),
             val_pred=val_pred, val_labels=read_labels(manifest.split("val").labels), methods=methods,
             val_images=val_images, val_index=val_index, report_cfg=config["report"],

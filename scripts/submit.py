@@ -1,7 +1,6 @@
 #!/usr/bin/env python3
 """Stage submit: combine the fold models' test predictions into a validated submission.csv."""
 import argparse
-import json
 
 import pandas as pd
 
@@ -9,7 +8,7 @@ from deepfake_workflow.cli import add_config_args, config_from_args, run_main
 from deepfake_workflow.labels import read_labels
 from deepfake_workflow.layout import SplitManifest
 from deepfake_workflow.metrics import combine_fold_predictions
-from deepfake_workflow.submission import write_submission
+from deepfake_workflow.submission import fold_scores, folds_used, read_fold_metrics, write_submission
 
 
 def main() -> None:
@@ -22,13 +21,13 @@ def main() -> None:
     parser.add_argument("--out", required=True)
     args = parser.parse_args()
     config = config_from_args(args)
-    fold_info = [json.loads(open(p, encoding="utf-8").read()) for p in args.fold_metrics]
-    frames = {int(m["fold"]): pd.read_csv(p) for m, p in zip(fold_info, args.predictions)}
-    scores = {int(m["fold"]): float(m["best_val_auc"]) for m in fold_info}
-    sub = combine_fold_predictions(frames, config["submit"]["strategy"], scores)
+    fold_metrics = read_fold_metrics(args.fold_metrics)
+    frames = {fold: pd.read_csv(p) for fold, p in zip(fold_metrics, args.predictions)}
+    used = folds_used(config["submit"]["strategy"], fold_scores(fold_metrics))
+    sub = combine_fold_predictions(frames, used)
     test_list = read_labels(SplitManifest.read(args.split_manifest).labels, require_target=False)
     write_submission(sub, test_list["img_name"], args.out)
-    print(f"submission: {len(sub)} rows ({config['submit']['strategy']}) -> {args.out}")
+    print(f"submission: {len(sub)} rows ({config['submit']['strategy']}, folds {used}) -> {args.out}")
 
 
 if __name__ == "__main__":

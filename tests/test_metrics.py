@@ -159,31 +159,25 @@ def test_combine_ensemble_means_per_name_in_first_frame_order():
         1: frame(["a", "b", "c"], [0.0, 1.0, 0.4]),  # other order: aligned by name
         2: frame(["b", "c", "a"], [0.8, 0.0, 0.2]),
     }
-    out = combine_fold_predictions(frames, "ensemble")
+    out = combine_fold_predictions(frames)
     assert list(out.columns) == ["img_name", "y_pred"]
     assert out["img_name"].tolist() == ["c", "a", "b"]
     assert out["y_pred"].to_numpy() == pytest.approx([0.2, 0.2, 0.8])
 
 
-def test_combine_best_fold():
+def test_combine_uses_only_the_chosen_folds():
     frames = {0: frame(["a", "b"], [0.1, 0.2]), 1: frame(["b", "a"], [0.9, 0.7])}
-    out = combine_fold_predictions(frames, "best_fold", {0: 0.91, 1: 0.95})
+    out = combine_fold_predictions(frames, [1])
     assert out["img_name"].tolist() == ["a", "b"] and out["y_pred"].tolist() == [0.7, 0.9]
-    out = combine_fold_predictions(frames, "best_fold", {0: 0.95, 1: float("nan")})
-    assert out["y_pred"].tolist() == [0.1, 0.2]
-    with pytest.raises(ValueError, match="no score for fold 1"):
-        combine_fold_predictions(frames, "best_fold", {0: 0.9})
-    with pytest.raises(ConfigError, match="fold_scores"):
-        combine_fold_predictions(frames, "best_fold")
+    with pytest.raises(ValueError, match="no predictions of fold 2"):
+        combine_fold_predictions(frames, [2])
 
 
 def test_combine_rejects_mismatched_names_and_bad_frames():
     frames = {0: frame(["a", "b"], [0.1, 0.2]), 3: frame(["a", "x"], [0.1, 0.2])}
     with pytest.raises(ValueError, match=r"fold 3 .*'b'.*'x'"):
-        combine_fold_predictions(frames, "ensemble")
+        combine_fold_predictions(frames)
     with pytest.raises(ValueError, match="fold 0: img_name 'a' appears twice"):
-        combine_fold_predictions({0: frame(["a", "a"], [0.1, 0.2])}, "ensemble")
+        combine_fold_predictions({0: frame(["a", "a"], [0.1, 0.2])})
     with pytest.raises(ValueError, match="fold 0: missing column"):
-        combine_fold_predictions({0: pd.DataFrame({"img_name": ["a"]})}, "ensemble")
-    with pytest.raises(ConfigError, match="vote"):
-        combine_fold_predictions(frames, "vote")
+        combine_fold_predictions({0: pd.DataFrame({"img_name": ["a"]})})

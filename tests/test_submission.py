@@ -1,9 +1,21 @@
-"""Submission checks and the parameter budget."""
+"""Submission checks, the choice of fold models and the parameter budget."""
+import json
+import subprocess
+import sys
+
 import pandas as pd
 import pytest
 
 from deepfake_workflow.errors import ConfigError, DataError
-from deepfake_workflow.submission import check_submission_budget, validate_submission, write_submission
+from deepfake_workflow.layout import SplitManifest
+from deepfake_workflow.submission import (
+    check_submission_budget,
+    fold_scores,
+    folds_used,
+    read_fold_metrics,
+    validate_submission,
+    write_submission,
+)
 
 NAMES = pd.Series([f"{i:032x}.jpg" for i in range(3)])
 
@@ -49,3 +61,64 @@ def test_budget_counts_every_model_and_says_which_strategy_fits():
 
 def test_validate_accepts_edge_values():
     validate_submission(sub([0.0, 1.0, 0.5]), NAMES)
+
+
+def test_folds_used_decides_for_every_strategy():
+    scores = {0: 0.91, 1: 0.95, 2: 0.95}
+    assert folds_used("ensemble", scores) == [0, 1, 2]
+    assert folds_used("best_fold", scores) == [1]  # ties: the lowest fold
+    assert folds_used("best_fold", {0: None, 1: float("nan"), 2: 0.6}) == [2]
+    with pytest.raises(DataError, match="no fold has a validation AUC"):
+        folds_used("best_fold", {0: None, 1: float("nan")})
+    with pytest.raises(ConfigError, match="submit.strategy: unknown 'vote'"):
+        folds_used("vote", scores)
+
+
+def _fold_files(tmp_path, aucs):
+    """Per-fold metrics.json and test predictions as the train and predict stages write them."""
+    metrics, preds = [], []
+    for fold, auc in enumerate(aucs):
+        m = tmp_path / f"metrics{fold}.json"
+        m.write_text(json.dumps({"fold": fold, "best_val_auc": auc}), encoding="utf-8")
+        p = tmp_path / f"pred{fold}.csv"
+        pd.DataFrame({"img_name": NAMES, "y_pred": [0.1 + 0.3 * fold] * len(NAMES)}).to_csv(p, index=False)
+        metrics.append(str(m))
+        preds.append(str(p))
+    return metrics, preds
+
+
+def test_fold_metrics_with_null_auc_are_read_and_bad_ones_named(tmp_path):
+    metrics, _ = _fold_files(tmp_path, [None, 0.8])
+    assert fold_scores(read_fold_metrics(metrics)) == {0: None, 1: 0.8}
+    bad = tmp_path / "bad.json"
+    bad.write_text(json.dumps({"fold": 0, "best_val_auc": "high"}), encoding="utf-8")
+    with pytest.raises(DataError, match=r"bad.json: 'best_val_auc' must be a number or null"):
+        read_fold_metrics([bad])
+    bad.write_text("{", encoding="utf-8")
+    with pytest.raises(DataError, match=r"bad.json: not a JSON fold metrics file"):
+        read_fold_metrics([bad])
+
+
+@pytest.mark.parametrize("aucs, rc, needle", [
+    ([None, 0.8], 0, "best_fold, folds [1]"),
+    ([None, None], 2, "error: submit.strategy 'best_fold': no fold has a validation AUC"),
+])
+def test_submit_stage_with_a_null_fold(tmp_path, aucs, rc, needle):
+    """A fold that wrote best_val_auc: null is skipped by best_fold, or ends in one clear line."""
+    metrics, preds = _fold_files(tmp_path, aucs)
+    labels = tmp_path / "test.csv"
+    pd.DataFrame({"img_name": NAMES}).to_csv(labels, index=False)
+    manifest = tmp_path / "manifest.json"
+    SplitManifest(split="test", images=str(tmp_path), labels=str(labels), n_images=len(NAMES), n_fake=0,
+                  n_real=0, labels_sha256="").write(manifest)
+    out = tmp_path / "submission.csv"
+    proc = subprocess.run(
+        [sys.executable, "scripts/submit.py", "--config-json", json.dumps({"submit": {"strategy": "best_fold"}}),
+         "--split-manifest", str(manifest), "--predictions", *preds, "--fold-metrics", *metrics, "--out", str(out)],
+        capture_output=True, text=True)
+    assert proc.returncode == rc, proc.stderr
+    assert needle in proc.stdout + proc.stderr and "Traceback" not in proc.stderr
+    if rc == 0:
+        assert pd.read_csv(out)["y_pred"].tolist() == pytest.approx([0.4] * len(NAMES))
+    else:
+        assert not out.exists()

@@ -20,7 +20,6 @@ from .errors import ConfigError, DataError
 TARGET_FPR = 1e-3
 LOG_LOSS_EPS = 1e-7  # float32 sigmoids reach exactly 0/1; clip so one image cannot give inf
 THRESHOLD_POLICIES = schema_choices("report.threshold_policy")
-COMBINE_STRATEGIES = ("ensemble", "best_fold")
 
 
 class MetricInputError(DataError, ValueError):
@@ -243,17 +242,12 @@ def _check_prediction_frame(fold, frame: pd.DataFrame) -> None:
         raise MetricInputError(f"predictions of fold {fold}: y_pred is NaN for {bad!r}")
 
 
-def combine_fold_predictions(
-    frames: dict[int, pd.DataFrame], strategy: str, fold_scores: dict[int, float] | None = None
-) -> pd.DataFrame:
-    """Combine per-fold predictions (img_name, y_pred) on the same images into one.
+def combine_fold_predictions(frames: dict[int, pd.DataFrame], use: list[int] | None = None) -> pd.DataFrame:
+    """Average per-fold predictions (img_name, y_pred) on the same images into one frame.
 
-    ensemble: mean y_pred per image over all folds. best_fold: the predictions of the
-    fold with the highest fold_scores value (ties: lowest fold). Every frame must list
-    the same images; the result (img_name, y_pred) follows the first frame's order.
+    `use` lists the folds to average (`submission.folds_used` decides which; default: all).
+    Every frame must list the same images; the result follows the first frame's order.
     """
-    if strategy not in COMBINE_STRATEGIES:
-        raise ConfigError(f"submit strategy: unknown {strategy!r}, expected one of {COMBINE_STRATEGIES}")
     if not frames:
         raise MetricInputError("no fold predictions to combine")
     folds = list(frames)
@@ -274,21 +268,9 @@ def combine_fold_predictions(
                 f"predictions of fold {fold} do not list the same images as fold {folds[0]}: "
                 + ", ".join(detail)
             )
-    aligned = {
-        fold: frames[fold].set_index("img_name")["y_pred"].reindex(names).to_numpy(np.float64)
-        for fold in folds
-    }
-    if strategy == "ensemble":
-        y_pred = np.mean(np.stack([aligned[f] for f in folds]), axis=0)
-    else:
-        if not fold_scores:
-            raise ConfigError("strategy 'best_fold' needs fold_scores (validation AUC per fold)")
-        missing = [f for f in folds if f not in fold_scores]
-        if missing:
-            raise MetricInputError(f"strategy 'best_fold': no score for fold {missing[0]}")
-        scored = [f for f in folds if fold_scores[f] is not None and np.isfinite(fold_scores[f])]
-        if not scored:
-            raise MetricInputError("strategy 'best_fold': every fold score is missing or NaN")
-        best = max(sorted(scored), key=lambda f: fold_scores[f])  # max keeps the first of ties
-        y_pred = aligned[best]
-    return pd.DataFrame({"img_name": names.to_numpy(), "y_pred": y_pred})
+    use = folds if use is None else list(use)
+    missing = [f for f in use if f not in frames]
+    if missing or not use:
+        raise MetricInputError(f"no predictions of fold {missing[0]}" if missing else "no fold chosen")
+    aligned = [frames[f].set_index("img_name")["y_pred"].reindex(names).to_numpy(np.float64) for f in use]
+    return pd.DataFrame({"img_name": names.to_numpy(), "y_pred": np.mean(np.stack(aligned), axis=0)})
