@@ -129,3 +129,6 @@ def test_missing_image_in_local_copy_names_file_and_row(real_layout, tmp_path):
     proc = snakemake(work, "results/data/dataset.json", check=False)
     out = proc.stdout + proc.stderr
     assert proc.returncode != 0 and "row 2" in out and labels["img_name"][0] in out
+    # A failed job ends in Snakemake's own one-line summary and the stage's error line, never
+    # a Python traceback (a name imported into the Snakefile's namespace can break that).
+    assert "At least one job did not complete successfully" in out and "Traceback" not in out
