@@ -9,19 +9,19 @@ rule build_cache:
         index=f"{R}/cache/{{split}}/index.csv",
         bad=f"{R}/cache/{{split}}/bad_images.csv",
         info=f"{R}/cache/{{split}}/cache_info.json",
-    wildcard_constraints:
-        split="train|val|test",
-    params:
-        cfg=sections("cache"),
-        out_dir=folder_of("output.images"),
-    # decode workers; Snakemake scales this down to --cores (a cluster profile sets its own)
-    threads: 32
     log:
         f"{R}/logs/build_cache_{{split}}.log",
     benchmark:
         f"{R}/benchmarks/build_cache_{{split}}.tsv"
+    wildcard_constraints:
+        split="train|val|test",
     conda:
         "../envs/workflow.yaml"
+    # decode workers; Snakemake scales this down to --cores (a cluster profile sets its own)
+    threads: 32
+    params:
+        cfg=sections("cache"),
+        out_dir=folder_of("output.images"),
     shell:
         "python scripts/build_cache.py --config-json {params.cfg:q} --split-manifest {input.manifest} "
         "--out-dir {params.out_dir} --workers {threads} 2>&1 | tee {log}"

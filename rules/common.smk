@@ -16,8 +16,9 @@ import deepfake_workflow.submission as dw_submission
 def _check_param_budgets(cfg):
     """Fail before any job starts if one model or the whole submission is over budget."""
     n_params = dw_models.check_param_budget(cfg["model"]["name"], cfg["model"]["max_params"])
-    dw_submission.check_submission_budget(n_params, cfg["submit"]["strategy"], cfg["folds"]["k"],
-                                          cfg["submit"]["max_params"])
+    dw_submission.check_submission_budget(
+        n_params, cfg["submit"]["strategy"], cfg["folds"]["k"], cfg["submit"]["max_params"]
+    )
 
 
 # The config with command-line values on top (Snakemake hands `--config` keys over before the
@@ -36,6 +37,8 @@ RAW_ROOT = str(dw_layout.data_root(config))
 TEST_SOURCE = dw_layout.scored_split(config)
 SPLITS = dw_layout.used_splits(config)
 FOLDS = list(range(config["folds"]["k"]))
+# Lock files that give each model job its own GPU (train and predict share them).
+GPU_LOCKS = f"{R}/state/gpu_locks"
 
 
 def sections(*keys):

@@ -9,15 +9,15 @@ rule fetch_data:
     output:
         manifest=f"{R}/data/dataset.json",
         raw=[] if LOCAL else directory(RAW_ROOT),
-    params:
-        cfg=sections("results_dir", "seed", "data"),
-    threads: 4
     log:
         f"{R}/logs/fetch_data.log",
     benchmark:
         f"{R}/benchmarks/fetch_data.tsv"
     conda:
         "../envs/workflow.yaml"
+    threads: 4
+    params:
+        cfg=sections("results_dir", "seed", "data"),
     shell:
         "python scripts/fetch_data.py --config-json {params.cfg:q} --manifest {output.manifest} "
         "--workers {threads} 2>&1 | tee {log}"
@@ -31,15 +31,17 @@ rule check_split:
         split_source,
     output:
         f"{R}/data/splits/{{split}}.json",
+    log:
+        f"{R}/logs/check_split_{{split}}.log",
+    benchmark:
+        f"{R}/benchmarks/check_split_{{split}}.tsv"
     wildcard_constraints:
         split="train|val|test",
+    conda:
+        "../envs/workflow.yaml"
     params:
         images=lambda w: dw_layout.split_paths(config, w.split).images,
         labels=lambda w: dw_layout.split_paths(config, w.split).labels,
-    log:
-        f"{R}/logs/check_split_{{split}}.log",
-    conda:
-        "../envs/workflow.yaml"
     shell:
         "python scripts/check_split.py --split {wildcards.split} --images {params.images:q} "
         "--labels {params.labels:q} --out {output} 2>&1 | tee {log}"

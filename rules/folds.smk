@@ -7,14 +7,14 @@ rule make_folds:
         manifest=split_manifest("train"),
     output:
         f"{R}/folds.csv",
-    params:
-        cfg=sections("seed", "folds"),
     log:
         f"{R}/logs/make_folds.log",
     benchmark:
         f"{R}/benchmarks/make_folds.tsv"
     conda:
         "../envs/workflow.yaml"
+    params:
+        cfg=sections("seed", "folds"),
     shell:
         "python scripts/make_folds.py --config-json {params.cfg:q} --split-manifest {input.manifest} "
         "--out {output} 2>&1 | tee {log}"

@@ -22,16 +22,16 @@ rule report:
             category="Plots",
             labels={"plot": "{name}"},
         ),
-    params:
-        cfg=sections("report", "submit.strategy"),
-        val_cache=folder_of("input.val_images"),
-        out_dir=folder_of("output.metrics"),
     log:
         f"{R}/logs/report.log",
     benchmark:
         f"{R}/benchmarks/report.tsv"
     conda:
         "../envs/workflow.yaml"
+    params:
+        cfg=sections("report", "submit.strategy"),
+        val_cache=folder_of("input.val_images"),
+        out_dir=folder_of("output.metrics"),
     shell:
         "python scripts/report.py --config-json {params.cfg:q} --manifest {input.manifest} "
         "--histories {input.histories} --fold-metrics {input.fold_metrics} --oof {input.oof} "

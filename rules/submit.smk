@@ -9,14 +9,14 @@ rule submit:
         fold_metrics=expand(rules.train.output.metrics, fold=FOLDS),
     output:
         report(f"{R}/submission.csv", caption="../report/submission.rst", category="Submission"),
-    params:
-        cfg=sections("submit"),
     log:
         f"{R}/logs/submit.log",
     benchmark:
         f"{R}/benchmarks/submit.tsv"
     conda:
         "../envs/workflow.yaml"
+    params:
+        cfg=sections("submit"),
     shell:
         "python scripts/submit.py --config-json {params.cfg:q} --split-manifest {input.manifest} "
         "--predictions {input.predictions} --fold-metrics {input.fold_metrics} --out {output} "

@@ -12,24 +12,24 @@ rule train:
         history=f"{R}/models/fold{{fold}}/history.csv",
         oof=f"{R}/models/fold{{fold}}/oof.csv",
         metrics=f"{R}/models/fold{{fold}}/metrics.json",
+    log:
+        f"{R}/logs/train_fold{{fold}}.log",
+    benchmark:
+        f"{R}/benchmarks/train_fold{{fold}}.tsv"
     wildcard_constraints:
         fold=r"\d+",
+    conda:
+        "../envs/workflow.yaml"
+    threads: 4
+    resources:
+        gpu=1,
     params:
         cfg=sections("seed", "model", "train"),
         cache_dir=folder_of("input.images"),
         out_dir=folder_of("output.checkpoint"),
         # Not an output: Snakemake deletes outputs before a job, the resume state must survive a kill.
         state_dir=f"{R}/state/train_fold{{fold}}",
-        gpu_locks=f"{R}/state/gpu_locks",
-    threads: 4
-    resources:
-        gpu=1,
-    log:
-        f"{R}/logs/train_fold{{fold}}.log",
-    benchmark:
-        f"{R}/benchmarks/train_fold{{fold}}.tsv"
-    conda:
-        "../envs/workflow.yaml"
+        gpu_locks=GPU_LOCKS,
     shell:
         "python scripts/train.py --config-json {params.cfg:q} --cache-dir {params.cache_dir} "
         "--folds {input.folds} --fold {wildcards.fold} --out-dir {params.out_dir} "
@@ -43,22 +43,22 @@ rule predict:
         checkpoint=rules.train.output.checkpoint,
     output:
         f"{R}/predictions/fold{{fold}}/{{split}}.csv",
-    wildcard_constraints:
-        fold=r"\d+",
-        split="val|test",
-    params:
-        cfg=sections("predict", "train.device"),
-        cache_dir=folder_of("input.images"),
-        gpu_locks=f"{R}/state/gpu_locks",
-    threads: 4
-    resources:
-        gpu=1,
     log:
         f"{R}/logs/predict_fold{{fold}}_{{split}}.log",
     benchmark:
         f"{R}/benchmarks/predict_fold{{fold}}_{{split}}.tsv"
+    wildcard_constraints:
+        fold=r"\d+",
+        split="val|test",
     conda:
         "../envs/workflow.yaml"
+    threads: 4
+    resources:
+        gpu=1,
+    params:
+        cfg=sections("predict", "train.device"),
+        cache_dir=folder_of("input.images"),
+        gpu_locks=GPU_LOCKS,
     shell:
         "python scripts/predict.py --config-json {params.cfg:q} --checkpoint {input.checkpoint} "
         "--cache-dir {params.cache_dir} --out {output} --gpu-locks {params.gpu_locks} "

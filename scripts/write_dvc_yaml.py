@@ -24,7 +24,6 @@ import yaml
 
 REPO = Path(__file__).resolve().parents[1]
 CORES = 4  # thread counts baked into the DVC commands (DVC has no scheduler)
-METRICS = ["results/reports/metrics.json"]
 
 
 def dry_run_jobs(workdir: Path, configfile: str) -> list[dict]:
@@ -56,16 +55,34 @@ def dry_run_jobs(workdir: Path, configfile: str) -> list[dict]:
     return [j for j in jobs if j["rule"] != "all"]
 
 
-def to_dvc_command(shell: str, full_config: dict, raw_config: dict | None = None) -> tuple[str, list[str]]:
-    """Swap --config-json for --config config.yaml and drop the log tee; return (cmd, params)."""
-    shell = re.sub(r"\s+2>&1 \| tee \S+$", "", shell)
+def stage_command(shell: str) -> list[str]:
+    """The stage program's own command: what comes before the pipe to the log (DVC keeps no log)."""
     tokens = shlex.split(shell)
+    if "|" in tokens:
+        tokens = tokens[:tokens.index("|")]
+    return [t for t in tokens if t != "2>&1"]
+
+
+def to_dvc_command(shell: str, full_config: dict, raw_config: dict | None = None) -> tuple[str, list[str]]:
+    """Swap --config-json for --config config.yaml --keys <the same keys>; return (cmd, params)."""
+    tokens = stage_command(shell)
     if "--config-json" not in tokens:  # a stage that reads no config
         return shlex.join(tokens), []
     i = tokens.index("--config-json")
     sections = json.loads(tokens[i + 1])
-    tokens[i:i + 2] = ["--config", "config.yaml"]
+    tokens[i:i + 2] = ["--config", "config.yaml", "--keys", ",".join(passed_keys(sections, full_config))]
     return shlex.join(tokens), param_keys(sections, full_config, full_config if raw_config is None else raw_config)
+
+
+def passed_keys(sections: dict, full: dict, prefix: str = "") -> list[str]:
+    """The dotted keys the rule passed: a whole section as its name, part of one key by key."""
+    keys = []
+    for key, value in sorted(sections.items()):
+        if isinstance(value, dict) and isinstance(full.get(key), dict) and set(value) != set(full[key]):
+            keys += passed_keys(value, full[key], f"{prefix}{key}.")
+        else:
+            keys.append(f"{prefix}{key}")
+    return keys
 
 
 def param_keys(sections: dict, full: dict, raw: dict, prefix: str = "") -> list[str]:
@@ -177,12 +194,20 @@ def build_dvc_yaml(configfile: str, workdir: Path = REPO) -> dict:
         for job in rule_jobs:  # cannot template: one plain stage per job
             suffix = "_".join(job["wildcards"].values())
             stages[f"{rule}_{suffix}"] = stage_for([{**job, "wildcards": {}}], full, raw)
+    return {"stages": stages, **metrics_and_plots(by_rule)}
+
+
+def metrics_and_plots(by_rule: dict[str, list[dict]]) -> dict:
+    """DVC's metrics and plots: the report's metrics.json and plots folder, every fold's history
+    (paths from the jobs' outputs, so they follow results_dir)."""
+    report = by_rule["report"][0]["output"]
+    histories = sorted(o for job in by_rule["train"] for o in job["output"] if o.endswith("/history.csv"))
+    pattern = re.sub(r"fold\d+/", "fold*/", histories[0])
     return {
-        "stages": stages,
-        "metrics": METRICS,
+        "metrics": [o for o in report if o.endswith("/metrics.json")],
         "plots": [
-            {"results/models/fold*/history.csv": {"x": "epoch", "y": ["val_auc", "train_loss", "val_loss"]}},
-            "results/reports/plots/",
+            {pattern: {"x": "epoch", "y": ["val_auc", "train_loss", "val_loss"]}},
+            *[f"{o}/" for o in report if o.endswith("/plots")],
         ],
     }
 

@@ -8,8 +8,8 @@ import sys
 from pathlib import Path
 from typing import Callable
 
-from .config import load_config, parse_override, validate_config
-from .errors import WorkflowError
+from .config import deep_merge, expand_dotted_keys, load_config, parse_override, validate_config
+from .errors import ConfigError, WorkflowError
 
 
 def add_config_args(parser: argparse.ArgumentParser) -> None:
@@ -17,6 +17,9 @@ def add_config_args(parser: argparse.ArgumentParser) -> None:
     group = parser.add_mutually_exclusive_group()
     group.add_argument("--config", help="YAML config file (validated; defaults filled in)")
     group.add_argument("--config-json", help="config sections as JSON (what the Snakefile passes)")
+    parser.add_argument("--keys", default=None, metavar="KEY,KEY",
+                        help="with --config: the config keys this stage may read, e.g. predict,train.device "
+                             "(dvc.yaml passes the keys the Snakefile passes as JSON)")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                         help="override one config value, e.g. --set train.lr=1.0e-3 (repeatable)")
 
@@ -29,15 +32,62 @@ def add_compute_args(parser: argparse.ArgumentParser) -> None:
 
 
 def config_from_args(args: argparse.Namespace) -> dict:
+    """The validated config a stage may read: the sections its rule passed, nothing else.
+
+    Reading a key the rule did not pass fails the same way under both engines (Snakemake passes
+    the sections as --config-json, dvc.yaml the whole file plus --keys), instead of silently
+    taking the schema default where the key was not passed.
+    """
     overrides = dict(parse_override(item) for item in args.set)
     if args.config_json:
-        raw = json.loads(args.config_json)
+        raw = expand_dotted_keys(json.loads(args.config_json))
         if overrides:
-            from .config import deep_merge, expand_dotted_keys
+            raw = deep_merge(raw, expand_dotted_keys(overrides))
+        return PassedConfig.restrict(validate_config(raw), _shape(raw))
+    config = load_config(args.config, overrides)
+    if args.keys:
+        return PassedConfig.restrict(config, _key_tree(args.keys.split(",")))
+    return config
 
-            raw = deep_merge(expand_dotted_keys(raw), expand_dotted_keys(overrides))
-        return validate_config(raw)
-    return load_config(args.config, overrides)
+
+def _shape(raw: dict) -> dict:
+    """The keys a JSON config holds, as a tree ({"train": {"device": True}})."""
+    return {k: _shape(v) if isinstance(v, dict) else True for k, v in raw.items()}
+
+
+def _key_tree(keys) -> dict:
+    """{"train.device", "predict"} -> {"train": {"device": True}, "predict": True}."""
+    tree: dict = {}
+    for key in keys:
+        node = tree
+        *parents, last = key.strip().split(".")
+        for part in parents:
+            node = node.setdefault(part, {})
+        node[last] = True
+    return tree
+
+
+class PassedConfig(dict):
+    """A config mapping that names the key when a stage reads one its rule did not pass it."""
+
+    path = ""
+
+    @classmethod
+    def restrict(cls, config: dict, tree: dict, path: str = "") -> "PassedConfig":
+        out = cls()
+        out.path = path
+        for key, sub in tree.items():
+            if key not in config:
+                continue
+            value = config[key]
+            if sub is not True and isinstance(value, dict):
+                value = cls.restrict(value, sub, f"{path}{key}.")
+            dict.__setitem__(out, key, value)
+        return out
+
+    def __missing__(self, key):
+        raise ConfigError(f"config key '{self.path}{key}' was not passed to this stage: add it to the rule's "
+                          f"sections(...) in rules/ (and regenerate dvc.yaml)")
 
 
 def run_main(main: Callable[[], None]) -> None:
