@@ -11,7 +11,8 @@ from deepfake_workflow.crops import (cut, grid_origins, grid_per_side, picture_b
                                      random_origins)
 from deepfake_workflow.errors import DataError
 from deepfake_workflow.imageio import load_rgb_and_size, picture_box
-from deepfake_workflow.inference import CacheBatches, CropPlan, load_checkpoint, predict_images
+from deepfake_workflow.inference import load_checkpoint, predict_images
+from deepfake_workflow.loader import CacheBatches, CropPlan
 from deepfake_workflow.synthetic import SyntheticFakes
 from deepfake_workflow.training import train_fold
 

@@ -255,7 +255,7 @@ def test_dataset_pickles_memmap_by_reference(cache):
     """Workers started with spawn get the file location, not a copy of the array."""
     import pickle
 
-    from deepfake_workflow.inference import CacheBatches
+    from deepfake_workflow.loader import CacheBatches
     images, index, _ = cache
     for array in (images, images[10:30]):
         dataset = CacheBatches(array, np.arange(len(array)))

@@ -29,8 +29,9 @@ from .config import section_defaults, validate_section
 from .crops import check_crop_size, picture_boxes
 from .devices import resolve_device
 from .errors import ConfigError, DataError
-from .inference import (BatchPlan, CacheBatches, CropPlan, autocast, crops_per_image, make_loader, normalisation,
-                        predict_log_probs, prepare_batch, resolve_precision, sequential_keys)
+from .inference import autocast, predict_log_probs, resolve_precision
+from .loader import (BatchPlan, CacheBatches, CropPlan, crops_per_image, make_loader, normalisation, prepare_batch,
+                     sequential_keys)
 from .models import create_model, data_config
 from .synthetic import SyntheticFakes
 from .tables import require_columns
