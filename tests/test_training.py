@@ -9,8 +9,9 @@ import pytest
 import torch
 
 from deepfake_workflow.augment import Augmenter, jpeg_roundtrip
+from deepfake_workflow.checkpoint import load_checkpoint
 from deepfake_workflow.errors import ConfigError, DataError
-from deepfake_workflow.inference import load_checkpoint, predict_images
+from deepfake_workflow.inference import predict_images
 from deepfake_workflow.training import DEFAULTS, HISTORY_COLUMNS, resolve_train_cfg, train_fold
 
 N, SIZE = 40, 32

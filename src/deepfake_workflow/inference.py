@@ -4,9 +4,7 @@ P(fake) for an array of cached images. The batches come from loader.py.
 from __future__ import annotations
 
 import contextlib
-import os
 import warnings
-from pathlib import Path
 from typing import Iterable
 
 import numpy as np
@@ -23,7 +21,6 @@ from .loader import (BatchPlan, CacheBatches, crops_per_image, make_loader, norm
 
 PRECISIONS = schema_choices("train.precision")
 TTA_CHOICES = schema_choices("predict.tta")
-CHECKPOINT_KEYS = ("state_dict", "model_name", "num_classes", "mean", "std", "image_size")
 
 
 def resolve_precision(precision: str, device: torch.device, key: str = "train.precision") -> str:
@@ -67,31 +64,6 @@ def predict_log_probs(model: nn.Module, batches: Iterable, *, device: torch.devi
     if not outputs:
         return np.zeros((0, 2)), np.zeros(0, np.int64)
     return torch.cat(outputs).numpy(), torch.cat(rows).numpy()
-
-
-def load_checkpoint(path: str | os.PathLike) -> tuple[nn.Module, dict]:
-    """Model (eval mode, CPU) and metadata of a `best.pt` written by train_fold."""
-    from .models import create_model, set_normalisation
-
-    path = Path(path)
-    if not path.is_file():
-        raise DataError(f"checkpoint {str(path)!r} does not exist")
-    try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:
-        raise DataError(f"checkpoint {str(path)!r} cannot be read: {exc}") from exc
-    missing = [k for k in CHECKPOINT_KEYS if not isinstance(ckpt, dict) or k not in ckpt]
-    if missing:
-        raise DataError(f"checkpoint {str(path)!r} lacks {', '.join(missing)}: not written by train_fold?")
-    model = create_model(ckpt["model_name"], pretrained=False, num_classes=int(ckpt["num_classes"]))
-    try:
-        model.load_state_dict(ckpt["state_dict"])
-    except RuntimeError as exc:
-        raise DataError(f"checkpoint {str(path)!r} does not fit model {ckpt['model_name']!r}: {exc}") from exc
-    set_normalisation(model, ckpt["mean"], ckpt["std"])
-    model.eval()
-    meta = {k: v for k, v in ckpt.items() if k != "state_dict"}
-    return model, meta
 
 
 def predict_images(model: nn.Module, meta: dict, images: np.ndarray, *, batch_size: int = 64,

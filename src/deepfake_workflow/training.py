@@ -23,8 +23,9 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from .atomic import atomic_path, write_csv, write_json
+from .atomic import write_csv, write_json
 from .augment import Augmenter
+from .checkpoint import cpu_state, load_resume_state, save_checkpoint, save_resume_state
 from .config import section_defaults, validate_section
 from .crops import check_crop_size, picture_boxes
 from .devices import resolve_device
@@ -242,30 +243,6 @@ def fingerprint(model_cfg: dict, cfg: dict, seed: int, fold: int, images_shape, 
     return hashlib.sha256(blob.encode()).hexdigest()
 
 
-def _cpu_state(module: nn.Module) -> dict:
-    return {k: v.detach().to("cpu", copy=True) for k, v in module.state_dict().items()}
-
-
-def save_torch_atomic(obj, path: Path) -> None:
-    with atomic_path(path) as tmp:
-        torch.save(obj, tmp)
-
-
-def _load_state(path: Path, fp: str) -> dict | None:
-    if not path.is_file():
-        return None
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # a corrupt file from a crash during an old torch.save
-        print(f"ignoring unreadable resume state {path}: {exc}", file=sys.stderr)
-        return None
-    if state.get("fingerprint") != fp:
-        print(f"resume state {path} belongs to another configuration; starting fresh",
-              file=sys.stderr)
-        return None
-    return state
-
-
 # ----------------------------------------------------------------------------- driver
 
 def train_fold(*, images: np.ndarray, index: pd.DataFrame, folds: pd.DataFrame, fold: int,
@@ -299,7 +276,7 @@ def train_fold(*, images: np.ndarray, index: pd.DataFrame, folds: pd.DataFrame, 
         check_crop_size(cfg["crop_size"], images.shape[1])
     fp = fingerprint(model_cfg, cfg, seed, fold, images.shape, train_rows, val_rows, targets, resize)
     last_path = state_dir / "last.pt"
-    state = _load_state(last_path, fp)
+    state = load_resume_state(last_path, fp)
 
     previous_determinism = torch.are_deterministic_algorithms_enabled()
     if device.type == "cpu":
@@ -385,7 +362,7 @@ def _train(images, index, fold, model_cfg, cfg, seed, out_dir, state_dir, last_p
             if score > best["score"]:
                 prob = va["prob"][np.argsort(va["rows"], kind="stable")]  # in val_rows (sorted) order
                 best = {"epoch": epoch, "score": score, "val_auc": va["auc"],
-                        "state_dict": _cpu_state(ctx.eval_model), "prob": torch.from_numpy(prob)}
+                        "state_dict": cpu_state(ctx.eval_model), "prob": torch.from_numpy(prob)}
                 since_best = 0
             else:
                 since_best += 1
@@ -396,15 +373,15 @@ def _train(images, index, fold, model_cfg, cfg, seed, out_dir, state_dir, last_p
                         else "(not evaluated this epoch)")
             print(f"fold {fold} epoch {epoch}: train_loss {row['train_loss']:.4f} {held_out} "
                   f"({row['images_per_s']:.1f} img/s)" + ("; early stop" if stopped else ""), file=sys.stderr)
-        save_torch_atomic({
-            "fingerprint": fp, "epoch": epoch, "model": _cpu_state(ctx.model),
+        save_resume_state(last_path, fp, {
+            "epoch": epoch, "model": cpu_state(ctx.model),
             "optimizer": ctx.optimizer.state_dict(), "scheduler": ctx.scheduler.state_dict(),
-            "ema": _cpu_state(ctx.ema.module) if ctx.ema is not None else None,
+            "ema": cpu_state(ctx.ema.module) if ctx.ema is not None else None,
             "global_step": ctx.global_step, "history": history, "best": best, "since_best": since_best,
             "stopped": stopped, "train_seconds": train_seconds, "train_images": train_images,
             "rng_torch": torch.get_rng_state(),
             "rng_cuda": torch.cuda.get_rng_state_all() if device.type == "cuda" else [],
-        }, last_path)
+        })
         if on_epoch_end is not None:
             on_epoch_end(row)
 
@@ -419,12 +396,10 @@ def _write_outputs(out_dir, index, targets, val_rows, fold, model_cfg, best, his
                    image_size, train_seconds, train_images, n_params, device, precision, stopped,
                    checkpoint_meta) -> dict:
     out_dir.mkdir(parents=True, exist_ok=True)
-    save_torch_atomic({
-        "state_dict": best["state_dict"], "model_name": model_cfg["name"], "num_classes": 2,
-        "mean": [float(v) for v in norm["mean"]], "std": [float(v) for v in norm["std"]],
-        "image_size": int(image_size), "epoch": int(best["epoch"]), "val_auc": float(best["val_auc"]),
-        "fold": int(fold), "pretrained": str(model_cfg.get("pretrained", False)), **checkpoint_meta,
-    }, out_dir / "best.pt")
+    save_checkpoint(out_dir / "best.pt", state_dict=best["state_dict"], model_name=model_cfg["name"], num_classes=2,
+                    mean=norm["mean"], std=norm["std"], image_size=image_size, epoch=best["epoch"],
+                    val_auc=best["val_auc"], fold=fold, pretrained=model_cfg.get("pretrained", False),
+                    meta=checkpoint_meta)
     write_csv(pd.DataFrame(history, columns=HISTORY_COLUMNS), out_dir / "history.csv")
     write_csv(pd.DataFrame({"img_name": index["img_name"].to_numpy()[val_rows],
                             "target": targets[val_rows], "y_pred": best["prob"].numpy(),

@@ -1,0 +1,96 @@
+"""The files of a fold's training: the model checkpoint `best.pt` and the resume state `last.pt`.
+
+Both are plain dicts of tensors and Python values written with torch.save, so that they
+load with `weights_only=True` (no pickled code runs on reading).
+
+best.pt holds the weights of the selected model and what is needed to rebuild and feed it
+(CHECKPOINT_KEYS), its epoch, held-out AUC and fold, and the caller's metadata (resize mode,
+crop size...) so that scoring prepares new images exactly as training did.
+
+last.pt holds what training carries from epoch to epoch, with the fingerprint of the
+configuration that produced it; a file with another fingerprint, or one that cannot be read,
+is ignored and training starts fresh.
+"""
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from .atomic import atomic_path
+from .errors import DataError
+
+# what load_checkpoint needs to rebuild the model
+CHECKPOINT_KEYS = ("state_dict", "model_name", "num_classes", "mean", "std", "image_size")
+
+
+def save_torch_atomic(obj, path: Path) -> None:
+    """torch.save through a temporary file: a crash never leaves a half-written `path`."""
+    with atomic_path(path) as tmp:
+        torch.save(obj, tmp)
+
+
+def cpu_state(module: nn.Module) -> dict:
+    """A copy of the module's state dict on the CPU (unaffected by further training)."""
+    return {k: v.detach().to("cpu", copy=True) for k, v in module.state_dict().items()}
+
+
+def save_checkpoint(path: Path, *, state_dict: dict, model_name: str, num_classes: int, mean, std,
+                    image_size: int, epoch: int, val_auc: float, fold: int, pretrained,
+                    meta: dict | None = None) -> None:
+    """Write best.pt: the weights and CHECKPOINT_KEYS, the selection figures, then `meta`."""
+    save_torch_atomic({
+        "state_dict": state_dict, "model_name": model_name, "num_classes": int(num_classes),
+        "mean": [float(v) for v in mean], "std": [float(v) for v in std],
+        "image_size": int(image_size), "epoch": int(epoch), "val_auc": float(val_auc),
+        "fold": int(fold), "pretrained": str(pretrained), **(meta or {}),
+    }, path)
+
+
+def load_checkpoint(path: str | os.PathLike) -> tuple[nn.Module, dict]:
+    """Model (eval mode, CPU) and metadata (everything but the weights) of a best.pt."""
+    from .models import create_model, set_normalisation  # timm is slow to import
+
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"checkpoint {str(path)!r} does not exist")
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:
+        raise DataError(f"checkpoint {str(path)!r} cannot be read: {exc}") from exc
+    missing = [k for k in CHECKPOINT_KEYS if not isinstance(ckpt, dict) or k not in ckpt]
+    if missing:
+        raise DataError(f"checkpoint {str(path)!r} lacks {', '.join(missing)}: not written by train_fold?")
+    model = create_model(ckpt["model_name"], pretrained=False, num_classes=int(ckpt["num_classes"]))
+    try:
+        model.load_state_dict(ckpt["state_dict"])
+    except RuntimeError as exc:
+        raise DataError(f"checkpoint {str(path)!r} does not fit model {ckpt['model_name']!r}: {exc}") from exc
+    set_normalisation(model, ckpt["mean"], ckpt["std"])
+    model.eval()
+    meta = {k: v for k, v in ckpt.items() if k != "state_dict"}
+    return model, meta
+
+
+def save_resume_state(path: Path, fingerprint: str, state: dict) -> None:
+    """Write last.pt: `state` tagged with the configuration's fingerprint."""
+    save_torch_atomic({"fingerprint": fingerprint, **state}, path)
+
+
+def load_resume_state(path: Path, fingerprint: str) -> dict | None:
+    """The state saved by save_resume_state for this fingerprint; None to start fresh."""
+    if not path.is_file():
+        return None
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # a corrupt file from a crash during an old torch.save
+        print(f"ignoring unreadable resume state {path}: {exc}", file=sys.stderr)
+        return None
+    if state.get("fingerprint") != fingerprint:
+        print(f"resume state {path} belongs to another configuration; starting fresh",
+              file=sys.stderr)
+        return None
+    return state
