@@ -13,9 +13,12 @@ is ignored and training starts fresh.
 """
 from __future__ import annotations
 
+import math
 import os
 import sys
+from dataclasses import dataclass, field, fields
 from pathlib import Path
+from typing import Mapping
 
 import torch
 from torch import nn
@@ -75,22 +78,64 @@ def load_checkpoint(path: str | os.PathLike) -> tuple[nn.Module, dict]:
     return model, meta
 
 
-def save_resume_state(path: Path, fingerprint: str, state: dict) -> None:
+def no_best() -> dict:
+    """The selected model before any held-out evaluation: every score beats it."""
+    return {"epoch": 0, "score": -math.inf, "val_auc": float("nan"), "state_dict": None, "prob": None}
+
+
+@dataclass
+class FoldState:
+    """What a fold's training carries from epoch to epoch; last.pt stores it, one key per field.
+
+    The training loop updates the progress fields. The training objects' states (model to
+    rng_cuda, and global_step) are filled in only in the copy that is saved, and read back
+    from a loaded one to resume.
+    """
+
+    epoch: int = 0  # epochs done
+    model: dict | None = None
+    optimizer: dict | None = None
+    scheduler: dict | None = None
+    ema: dict | None = None
+    global_step: int = 0
+    history: list = field(default_factory=list)  # one row per epoch done
+    best: dict = field(default_factory=no_best)  # epoch, score, val_auc, state_dict, prob (held-out, val_rows order)
+    since_best: int = 0  # evaluations without improvement (early stopping)
+    stopped: bool = False  # early-stopped
+    train_seconds: float = 0.0
+    train_images: int = 0
+    rng_torch: torch.Tensor | None = None
+    rng_cuda: list = field(default_factory=list)
+
+    def to_dict(self) -> dict:
+        return {f.name: getattr(self, f.name) for f in fields(self)}
+
+    @classmethod
+    def from_dict(cls, data: Mapping) -> FoldState:
+        """Raises KeyError when `data` lacks a field."""
+        return cls(**{f.name: data[f.name] for f in fields(cls)})
+
+
+def save_resume_state(path: Path, fingerprint: str, state: FoldState) -> None:
     """Write last.pt: `state` tagged with the configuration's fingerprint."""
-    save_torch_atomic({"fingerprint": fingerprint, **state}, path)
+    save_torch_atomic({"fingerprint": fingerprint, **state.to_dict()}, path)
 
 
-def load_resume_state(path: Path, fingerprint: str) -> dict | None:
+def load_resume_state(path: Path, fingerprint: str) -> FoldState | None:
     """The state saved by save_resume_state for this fingerprint; None to start fresh."""
     if not path.is_file():
         return None
     try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
+        saved = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # a corrupt file from a crash during an old torch.save
         print(f"ignoring unreadable resume state {path}: {exc}", file=sys.stderr)
         return None
-    if state.get("fingerprint") != fingerprint:
+    if not isinstance(saved, dict) or saved.get("fingerprint") != fingerprint:
         print(f"resume state {path} belongs to another configuration; starting fresh",
               file=sys.stderr)
         return None
-    return state
+    try:
+        return FoldState.from_dict(saved)
+    except KeyError as exc:  # written by a version that stored other fields
+        print(f"resume state {path} lacks {exc}; starting fresh", file=sys.stderr)
+        return None
