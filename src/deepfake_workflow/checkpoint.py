@@ -13,9 +13,9 @@ is ignored and training starts fresh.
 """
 from __future__ import annotations
 
+import logging
 import math
 import os
-import sys
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Mapping
@@ -25,6 +25,8 @@ from torch import nn
 
 from .atomic import atomic_path
 from .errors import DataError
+
+logger = logging.getLogger(__name__)
 
 # what load_checkpoint needs to rebuild the model
 CHECKPOINT_KEYS = ("state_dict", "model_name", "num_classes", "mean", "std", "image_size")
@@ -128,14 +130,13 @@ def load_resume_state(path: Path, fingerprint: str) -> FoldState | None:
     try:
         saved = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # a corrupt file from a crash during an old torch.save
-        print(f"ignoring unreadable resume state {path}: {exc}", file=sys.stderr)
+        logger.warning("ignoring unreadable resume state %s: %s", path, exc)
         return None
     if not isinstance(saved, dict) or saved.get("fingerprint") != fingerprint:
-        print(f"resume state {path} belongs to another configuration; starting fresh",
-              file=sys.stderr)
+        logger.info("resume state %s belongs to another configuration; starting fresh", path)
         return None
     try:
         return FoldState.from_dict(saved)
     except KeyError as exc:  # written by a version that stored other fields
-        print(f"resume state {path} lacks {exc}; starting fresh", file=sys.stderr)
+        logger.warning("resume state %s lacks %s; starting fresh", path, exc)
         return None

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import math
 import sys
 import time
@@ -36,6 +37,8 @@ from .loader import (BatchPlan, CacheBatches, CropPlan, crops_per_image, make_lo
 from .models import create_model, data_config
 from .synthetic import SyntheticFakes
 from .tables import require_columns
+
+logger = logging.getLogger(__name__)
 
 DEFAULTS = section_defaults("train")  # from the config schema: one place for defaults
 NUM_CLASSES = 2  # real, fake
@@ -351,7 +354,7 @@ def _train(run: FoldRun, resumed: FoldState | None) -> dict:
     state = FoldState() if resumed is None else resumed
     if resumed is not None:
         _restore_training_states(ctx, resumed)
-        print(f"fold {fold}: resuming after epoch {state.epoch} from {run.resume_path}", file=sys.stderr)
+        logger.info("fold %d: resuming after epoch %d from %s", fold, state.epoch, run.resume_path)
 
     image_size = run.images.shape[1]
     synthetic = SyntheticFakes(cfg["synthetic_fakes"])
@@ -404,9 +407,8 @@ def _train(run: FoldRun, resumed: FoldState | None) -> dict:
         if run.progress:
             held_out = (f"val_loss {row['val_loss']:.4f} val_auc {row['val_auc']:.4f}" if va
                         else "(not evaluated this epoch)")
-            print(f"fold {fold} epoch {state.epoch}: train_loss {row['train_loss']:.4f} {held_out} "
-                  f"({row['images_per_s']:.1f} img/s)" + ("; early stop" if state.stopped else ""),
-                  file=sys.stderr)
+            logger.info("fold %d epoch %d: train_loss %.4f %s (%.1f img/s)%s", fold, state.epoch,
+                        row["train_loss"], held_out, row["images_per_s"], "; early stop" if state.stopped else "")
         save_resume_state(run.resume_path, run.fingerprint, _with_training_states(state, ctx))
         if run.on_epoch_end is not None:
             run.on_epoch_end(row)
