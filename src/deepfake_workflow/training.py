@@ -341,6 +341,8 @@ def _restore_training_states(ctx: StepContext, state: FoldState) -> None:
 
 
 def _train(run: FoldRun, resumed: FoldState | None) -> dict:
+    """Epochs from where `resumed` stopped (None: from the start) to the end or an early stop;
+    last.pt after each, the outputs at the end."""
     cfg, fold, seed = run.cfg, run.fold, run.seed
     torch.manual_seed(derive_seed(seed, fold, 0, 0))  # head / random init
     model = create_model(run.model_cfg["name"], run.model_cfg.get("pretrained", False), num_classes=NUM_CLASSES)
