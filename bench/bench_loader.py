@@ -28,8 +28,8 @@ import numpy as np
 import torch
 
 from deepfake_workflow.devices import resolve_device
-from deepfake_workflow.inference import (BatchPlan, CacheBatches, make_loader, predict_log_probs,
-                                         prepare_batch, sequential_keys)
+from deepfake_workflow.inference import predict_log_probs
+from deepfake_workflow.loader import BatchPlan, CacheBatches, make_loader, prepare_batch, sequential_keys
 from deepfake_workflow.models import create_model
 from deepfake_workflow.training import epoch_keys, make_step_context, resolve_train_cfg, train_one_epoch
 

@@ -24,7 +24,8 @@ def main() -> None:
     images, index = open_cache(args.cache_dir)
     boxes = picture_boxes(index, images.shape[1], read_cache_info(args.cache_dir)["resize"])
     with gpu_slot(args.gpu_locks, config["train"]["device"]):
-        from deepfake_workflow.inference import load_checkpoint, predict_images
+        from deepfake_workflow.checkpoint import load_checkpoint
+        from deepfake_workflow.inference import predict_images
 
         model, meta = load_checkpoint(args.checkpoint)
         probs = predict_images(model, meta, images, batch_size=config["predict"]["batch_size"],

@@ -7,11 +7,12 @@ import pytest
 import torch
 from PIL import Image
 
-from deepfake_workflow.crops import (cut, grid_origins, grid_per_side, picture_boxes, pool_crops,
-                                     random_origins)
+from deepfake_workflow.checkpoint import load_checkpoint
+from deepfake_workflow.crops import cut, grid_origins, grid_per_side, picture_boxes, pool_crops, random_origins
 from deepfake_workflow.errors import DataError
 from deepfake_workflow.imageio import load_rgb_and_size, picture_box
-from deepfake_workflow.inference import CacheBatches, CropPlan, load_checkpoint, predict_images
+from deepfake_workflow.inference import predict_images
+from deepfake_workflow.loader import CacheBatches, CropPlan
 from deepfake_workflow.synthetic import SyntheticFakes
 from deepfake_workflow.training import train_fold
 

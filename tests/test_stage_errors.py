@@ -80,3 +80,18 @@ def test_stage_with_dvc_style_config_file_and_override(small_split, tmp_path):
                      "--out", root / "folds.csv")
     assert proc.returncode == 0, proc.stderr
     assert sorted(pd.read_csv(root / "folds.csv")["fold"].unique()) == [0, 1]
+
+
+def test_library_log_lines_reach_stderr_as_plain_lines():
+    # run_main sets the format: progress lines as they are, warnings prefixed, other libraries' chatter left out
+    code = ("import logging\n"
+            "from deepfake_workflow.cli import run_main\n"
+            "def main():\n"
+            "    logging.getLogger('deepfake_workflow.training').info('fold 0: resuming after epoch 2')\n"
+            "    logging.getLogger('deepfake_workflow.devices').warning('CUDA is already initialised')\n"
+            "    logging.getLogger('some_library').info('chatter')\n"
+            "run_main(main)\n")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stderr.splitlines() == ["fold 0: resuming after epoch 2", "warning: CUDA is already initialised"]
+    assert proc.stdout == ""

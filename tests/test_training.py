@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import logging
 
 import numpy as np
 import pandas as pd
@@ -9,8 +10,9 @@ import pytest
 import torch
 
 from deepfake_workflow.augment import Augmenter, jpeg_roundtrip
+from deepfake_workflow.checkpoint import load_checkpoint
 from deepfake_workflow.errors import ConfigError, DataError
-from deepfake_workflow.inference import load_checkpoint, predict_images
+from deepfake_workflow.inference import predict_images
 from deepfake_workflow.training import DEFAULTS, HISTORY_COLUMNS, resolve_train_cfg, train_fold
 
 N, SIZE = 40, 32
@@ -127,7 +129,8 @@ class Killed(Exception):
     pass
 
 
-def test_resume_after_kill_equals_uninterrupted_run(cache, tmp_path, capsys):
+def test_resume_after_kill_equals_uninterrupted_run(cache, tmp_path, caplog):
+    caplog.set_level(logging.INFO, logger="deepfake_workflow")
     train = {"epochs": 3}
     run(cache, tmp_path / "full", train)
 
@@ -142,7 +145,7 @@ def test_resume_after_kill_equals_uninterrupted_run(cache, tmp_path, capsys):
     epochs_done = []
     run(cache, tmp_path / "resumed", train, on_epoch_end=lambda row: epochs_done.append(row["epoch"]))
     assert epochs_done == [3]
-    assert "resuming after epoch 2" in capsys.readouterr().err
+    assert "resuming after epoch 2" in caplog.text
     h1, o1, b1 = outputs(tmp_path / "full")
     h2, o2, b2 = outputs(tmp_path / "resumed")
     pd.testing.assert_frame_equal(h1.drop(columns=TIMING), h2.drop(columns=TIMING))
@@ -152,7 +155,8 @@ def test_resume_after_kill_equals_uninterrupted_run(cache, tmp_path, capsys):
         assert torch.equal(value, b2["state_dict"][key]), key
 
 
-def test_changed_config_does_not_resume(cache, tmp_path, capsys):
+def test_changed_config_does_not_resume(cache, tmp_path, caplog):
+    caplog.set_level(logging.INFO, logger="deepfake_workflow")
     def kill(row):
         raise Killed
     with pytest.raises(Killed):
@@ -160,7 +164,7 @@ def test_changed_config_does_not_resume(cache, tmp_path, capsys):
     epochs_done = []
     run(cache, tmp_path, {"lr": 1.0e-3}, on_epoch_end=lambda row: epochs_done.append(row["epoch"]))
     assert epochs_done == [1, 2]
-    assert "starting fresh" in capsys.readouterr().err
+    assert "belongs to another configuration; starting fresh" in caplog.text
 
 
 def test_early_stopping_stops_and_keeps_best(cache, tmp_path):
@@ -255,7 +259,7 @@ def test_dataset_pickles_memmap_by_reference(cache):
     """Workers started with spawn get the file location, not a copy of the array."""
     import pickle
 
-    from deepfake_workflow.inference import CacheBatches
+    from deepfake_workflow.loader import CacheBatches
     images, index, _ = cache
     for array in (images, images[10:30]):
         dataset = CacheBatches(array, np.arange(len(array)))

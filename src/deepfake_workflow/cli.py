@@ -1,9 +1,10 @@
-"""Shared plumbing for the stage programs in scripts/: config arguments and clean failures."""
+"""Shared plumbing for the stage programs in scripts/: config arguments, log format and clean failures."""
 from __future__ import annotations
 
 import argparse
 import contextlib
 import json
+import logging
 import sys
 from pathlib import Path
 from typing import Callable
@@ -90,8 +91,29 @@ class PassedConfig(dict):
                           f"sections(...) in rules/ (and regenerate dvc.yaml)")
 
 
+class _LevelPrefixFormatter(logging.Formatter):
+    """Progress lines as they are; 'warning: ...' (the level) for warnings and worse."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        message = super().format(record)
+        return message if record.levelno < logging.WARNING else f"{record.levelname.lower()}: {message}"
+
+
+def configure_logging() -> None:
+    """The library's log lines (progress: INFO) as plain lines on stderr, where Snakemake's
+    `2>&1 | tee log` keeps them; other libraries stay at WARNING. Idempotent."""
+    root = logging.getLogger()
+    if not any(h.get_name() == __package__ for h in root.handlers):
+        handler = logging.StreamHandler(sys.stderr)
+        handler.set_name(__package__)
+        handler.setFormatter(_LevelPrefixFormatter("%(message)s"))
+        root.addHandler(handler)
+    logging.getLogger(__package__).setLevel(logging.INFO)
+
+
 def run_main(main: Callable[[], None]) -> None:
     """Run a stage; a WorkflowError becomes one clear line on stderr and exit code 2."""
+    configure_logging()
     try:
         main()
     except WorkflowError as exc:

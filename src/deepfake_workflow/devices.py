@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import logging
 import os
 import subprocess
-import sys
 import time
 from pathlib import Path
 from typing import Iterator, MutableMapping
@@ -20,6 +20,8 @@ import torch
 
 from .config import schema_choices
 from .errors import ConfigError, WorkflowError
+
+logger = logging.getLogger(__name__)
 
 DEVICE_CHOICES = schema_choices("train.device")
 
@@ -88,8 +90,7 @@ def acquire_gpu(lock_dir: str | os.PathLike, *, device_count: int | None = None,
         yield None
         return
     if torch.cuda.is_initialized():
-        print("warning: CUDA is already initialised; CUDA_VISIBLE_DEVICES set now has no effect",
-              file=sys.stderr)
+        logger.warning("CUDA is already initialised; CUDA_VISIBLE_DEVICES set now has no effect")
     lock_dir = Path(lock_dir)
     lock_dir.mkdir(parents=True, exist_ok=True)
     deadline = None if timeout_s is None else time.monotonic() + timeout_s
@@ -104,7 +105,7 @@ def acquire_gpu(lock_dir: str | os.PathLike, *, device_count: int | None = None,
                 raise WorkflowError(f"no free GPU: all {count} lock files in {lock_dir} are held "
                                     f"by other jobs after {timeout_s:g} s")
             if not announced:
-                print(f"all {count} GPUs are busy (locks in {lock_dir}); waiting", file=sys.stderr)
+                logger.info("all %d GPUs are busy (locks in %s); waiting", count, lock_dir)
                 announced = True
             time.sleep(poll_s)
             continue

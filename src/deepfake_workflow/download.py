@@ -20,7 +20,7 @@ from tqdm import tqdm
 
 from .errors import ConfigError, DownloadError
 
-log = logging.getLogger(__name__)
+logger = logging.getLogger(__name__)
 
 _USER_AGENT = "deepfake-workflow-download/1"
 _SHA256_HEX = re.compile(r"[0-9a-f]{64}")
@@ -90,9 +90,9 @@ def download(
     if dest.is_file():
         actual = sha256_file(dest)
         if actual == expected:
-            log.info("%s already present, sha256 verified; not downloading again", dest)
+            logger.info("%s already present, sha256 verified; not downloading again", dest)
             return dest
-        log.warning("%s exists but its sha256 is %s, expected %s; downloading again", dest, actual, expected)
+        logger.warning("%s exists but its sha256 is %s, expected %s; downloading again", dest, actual, expected)
 
     dest.parent.mkdir(parents=True, exist_ok=True)
     part = dest.with_name(dest.name + ".part")
@@ -106,7 +106,7 @@ def download(
                 hint = f"; {kept} bytes kept in {part}, resumed next time" if kept else ""
                 raise DownloadError(f"download of {url} failed after {attempt + 1} attempt(s): {exc}{hint}") from exc
             wait = retry_wait * 2**attempt
-            log.warning("download of %s interrupted (%s); resuming in %.1f s", url, exc, wait)
+            logger.warning("download of %s interrupted (%s); resuming in %.1f s", url, exc, wait)
             time.sleep(wait)
 
     actual = sha256_file(part)
@@ -117,7 +117,7 @@ def download(
             f"the downloaded file was deleted"
         )
     os.replace(part, dest)
-    log.info("downloaded %s to %s, sha256 verified", url, dest)
+    logger.info("downloaded %s to %s, sha256 verified", url, dest)
     return dest
 
 
@@ -155,7 +155,7 @@ def _fetch_into(url: str, part: Path, *, timeout: float, chunk_size: int, progre
             mode = "ab"
         elif response.status == 200:
             if offset:
-                log.info("server ignored the Range request for %s; restarting from zero", url)
+                logger.info("server ignored the Range request for %s; restarting from zero", url)
             offset, mode = 0, "wb"
             total = _int_or_none(response.headers.get("Content-Length"))
         else:

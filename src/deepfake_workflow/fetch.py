@@ -9,16 +9,19 @@ the result is summarised in a manifest that later stages read.
 """
 from __future__ import annotations
 
+import logging
 import warnings
 from dataclasses import asdict
 from pathlib import Path
 from urllib.parse import urlparse
 
+from .download import sha256_file
 from .errors import DataError
 from .labels import read_labels, require_both_classes
-from .download import sha256_file
 from .layout import (Manifest, SplitManifest, check_local_data, data_root, methods_file,
                      scored_split, split_paths, used_splits)
+
+logger = logging.getLogger(__name__)
 
 
 def _download_and_extract(config: dict, root: Path, progress: bool) -> None:
@@ -60,7 +63,7 @@ def scan_split(split: str, images: str | Path, labels: str | Path) -> SplitManif
         warnings.simplefilter("always")
         table = read_labels(labels, require_target=labelled, image_dir=images)
     for w in caught:
-        print(f"warning: {w.message}")
+        logger.warning("%s", w.message)
     if labelled:
         require_both_classes(table, f"split '{split}' ({labels})")
     return SplitManifest(split=split, images=str(images), labels=str(labels), n_images=int(len(table)),

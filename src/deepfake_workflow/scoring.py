@@ -39,7 +39,8 @@ def collect_image_paths(inputs: list[Path]) -> list[Path]:
 def score_paths(paths: list[Path], checkpoints: list[Path], *, size: int | None = None, resize: str | None = None,
                 tta: str = "none", device: str = "auto", batch_size: int = 64) -> pd.DataFrame:
     """Mean P(fake) over the given checkpoints, one row per path (img_name = path as given)."""
-    from .inference import load_checkpoint, predict_images
+    from .checkpoint import load_checkpoint
+    from .inference import predict_images
 
     models = [load_checkpoint(c) for c in checkpoints]
     meta = models[0][1]

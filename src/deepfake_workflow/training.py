@@ -9,11 +9,12 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import math
 import sys
 import time
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Callable, Iterable
 
@@ -23,19 +24,24 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from .atomic import atomic_path, write_csv, write_json
+from .atomic import write_csv, write_json
 from .augment import Augmenter
+from .checkpoint import FoldState, cpu_state, load_resume_state, save_checkpoint, save_resume_state
 from .config import section_defaults, validate_section
 from .crops import check_crop_size, picture_boxes
 from .devices import resolve_device
 from .errors import ConfigError, DataError
-from .inference import (BatchPlan, CacheBatches, CropPlan, autocast, crops_per_image, make_loader, normalisation,
-                        predict_log_probs, prepare_batch, resolve_precision, sequential_keys)
+from .inference import autocast, predict_log_probs, resolve_precision
+from .loader import (BatchPlan, CacheBatches, CropPlan, crops_per_image, make_loader, normalisation, prepare_batch,
+                     sequential_keys)
 from .models import create_model, data_config
 from .synthetic import SyntheticFakes
 from .tables import require_columns
 
+logger = logging.getLogger(__name__)
+
 DEFAULTS = section_defaults("train")  # from the config schema: one place for defaults
+NUM_CLASSES = 2  # real, fake
 HISTORY_COLUMNS = ["epoch", "train_loss", "train_acc", "val_loss", "val_acc", "val_auc", "lr",
                    "images_per_s", "epoch_seconds"]
 # Keys that change speed but not results: a run may resume with other values.
@@ -241,31 +247,28 @@ def fingerprint(model_cfg: dict, cfg: dict, seed: int, fold: int, images_shape, 
     return hashlib.sha256(blob.encode()).hexdigest()
 
 
-def _cpu_state(module: nn.Module) -> dict:
-    return {k: v.detach().to("cpu", copy=True) for k, v in module.state_dict().items()}
-
-
-def save_torch_atomic(obj, path: Path) -> None:
-    with atomic_path(path) as tmp:
-        torch.save(obj, tmp)
-
-
-def _load_state(path: Path, fp: str) -> dict | None:
-    if not path.is_file():
-        return None
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # a corrupt file from a crash during an old torch.save
-        print(f"ignoring unreadable resume state {path}: {exc}", file=sys.stderr)
-        return None
-    if state.get("fingerprint") != fp:
-        print(f"resume state {path} belongs to another configuration; starting fresh",
-              file=sys.stderr)
-        return None
-    return state
-
-
 # ----------------------------------------------------------------------------- driver
+
+@dataclass
+class FoldRun:
+    """The fixed inputs of one fold's training, as train_fold checked and derived them."""
+    images: np.ndarray
+    index: pd.DataFrame
+    fold: int
+    seed: int
+    model_cfg: dict
+    cfg: dict  # the resolved train section
+    out_dir: Path
+    resume_path: Path  # last.pt
+    fingerprint: str
+    train_rows: np.ndarray
+    val_rows: np.ndarray
+    targets: np.ndarray  # 0/1 per cache row, -1 where unused
+    device: torch.device
+    progress: bool
+    on_epoch_end: Callable[[dict], None] | None
+    checkpoint_meta: dict  # stored in best.pt: resize, crop_size and the caller's values
+
 
 def train_fold(*, images: np.ndarray, index: pd.DataFrame, folds: pd.DataFrame, fold: int,
                model_cfg: dict, train_cfg: dict, seed: int, out_dir: Path, state_dir: Path,
@@ -291,14 +294,18 @@ def train_fold(*, images: np.ndarray, index: pd.DataFrame, folds: pd.DataFrame, 
         raise DataError(f"images.npy: expected uint8 (N,S,S,3), got {images.dtype} {images.shape}")
     if len(index) != len(images):
         raise DataError(f"index.csv has {len(index)} rows but images.npy holds {len(images)} images")
-    out_dir, state_dir = Path(out_dir), Path(state_dir)
     train_rows, val_rows, targets = select_fold_rows(index, folds, fold)
     device = resolve_device(cfg["device"])
     if cfg["crop_size"] is not None:
         check_crop_size(cfg["crop_size"], images.shape[1])
-    fp = fingerprint(model_cfg, cfg, seed, fold, images.shape, train_rows, val_rows, targets, resize)
-    last_path = state_dir / "last.pt"
-    state = _load_state(last_path, fp)
+    run = FoldRun(images=images, index=index, fold=fold, seed=seed, model_cfg=model_cfg, cfg=cfg,
+                  out_dir=Path(out_dir), resume_path=Path(state_dir) / "last.pt",
+                  fingerprint=fingerprint(model_cfg, cfg, seed, fold, images.shape, train_rows, val_rows,
+                                          targets, resize),
+                  train_rows=train_rows, val_rows=val_rows, targets=targets, device=device,
+                  progress=progress, on_epoch_end=on_epoch_end,
+                  checkpoint_meta={"resize": resize, "crop_size": cfg["crop_size"], **(checkpoint_meta or {})})
+    resumed = load_resume_state(run.resume_path, run.fingerprint)
 
     previous_determinism = torch.are_deterministic_algorithms_enabled()
     if device.type == "cpu":
@@ -306,134 +313,132 @@ def train_fold(*, images: np.ndarray, index: pd.DataFrame, folds: pd.DataFrame, 
     else:
         torch.backends.cudnn.benchmark = True
     try:
-        return _train(images, index, fold, model_cfg, cfg, seed, out_dir, state_dir, last_path,
-                      state, fp, train_rows, val_rows, targets, device, progress, on_epoch_end,
-                      {"resize": resize, "crop_size": cfg["crop_size"], **(checkpoint_meta or {})})
+        return _train(run, resumed)
     finally:
         torch.use_deterministic_algorithms(previous_determinism)
 
 
-def _train(images, index, fold, model_cfg, cfg, seed, out_dir, state_dir, last_path, state, fp,
-           train_rows, val_rows, targets, device, progress, on_epoch_end, checkpoint_meta) -> dict:
+def _with_training_states(state: FoldState, ctx: StepContext) -> FoldState:
+    """`state` plus the model, optimizer, schedule, EMA and RNG states: what last.pt stores."""
+    return replace(state, model=cpu_state(ctx.model), optimizer=ctx.optimizer.state_dict(),
+                   scheduler=ctx.scheduler.state_dict(),
+                   ema=cpu_state(ctx.ema.module) if ctx.ema is not None else None,
+                   global_step=ctx.global_step, rng_torch=torch.get_rng_state(),
+                   rng_cuda=torch.cuda.get_rng_state_all() if ctx.device.type == "cuda" else [])
+
+
+def _restore_training_states(ctx: StepContext, state: FoldState) -> None:
+    """The reverse of _with_training_states, but for the model (loaded before ctx was made)."""
+    ctx.optimizer.load_state_dict(state.optimizer)
+    ctx.scheduler.load_state_dict(state.scheduler)
+    if ctx.ema is not None:
+        ctx.ema.module.load_state_dict(state.ema)
+    ctx.global_step = state.global_step
+    # (each epoch re-seeds anyway; restored so nothing depends on that)
+    torch.set_rng_state(state.rng_torch)
+    if ctx.device.type == "cuda" and state.rng_cuda:
+        torch.cuda.set_rng_state_all(state.rng_cuda)
+
+
+def _train(run: FoldRun, resumed: FoldState | None) -> dict:
+    """Epochs from where `resumed` stopped (None: from the start) to the end or an early stop;
+    last.pt after each, the outputs at the end."""
+    cfg, fold, seed = run.cfg, run.fold, run.seed
     torch.manual_seed(derive_seed(seed, fold, 0, 0))  # head / random init
-    model = create_model(model_cfg["name"], model_cfg.get("pretrained", False), num_classes=2)
+    model = create_model(run.model_cfg["name"], run.model_cfg.get("pretrained", False), num_classes=NUM_CLASSES)
     norm = data_config(model)
-    if state is not None:
-        model.load_state_dict(state["model"])
+    if resumed is not None:
+        model.load_state_dict(resumed.model)  # before the EMA copy is made from it
     n_params = sum(p.numel() for p in model.parameters())
-    steps_per_epoch = len(epoch_keys(train_rows, cfg["batch_size"], seed=seed, fold=fold, epoch=0,
+    steps_per_epoch = len(epoch_keys(run.train_rows, cfg["batch_size"], seed=seed, fold=fold, epoch=0,
                                      max_batches=cfg["max_train_batches"], augment=False))
-    ctx = make_step_context(model, cfg, device, steps_per_epoch)
+    ctx = make_step_context(model, cfg, run.device, steps_per_epoch)
+    state = FoldState() if resumed is None else resumed
+    if resumed is not None:
+        _restore_training_states(ctx, resumed)
+        logger.info("fold %d: resuming after epoch %d from %s", fold, state.epoch, run.resume_path)
 
-    history, best = [], {"epoch": 0, "score": -math.inf, "val_auc": float("nan"), "state_dict": None,
-                         "prob": None}
-    start_epoch, since_best, train_seconds, train_images = 0, 0, 0.0, 0
-    if state is not None:
-        ctx.optimizer.load_state_dict(state["optimizer"])
-        ctx.scheduler.load_state_dict(state["scheduler"])
-        if ctx.ema is not None:
-            ctx.ema.module.load_state_dict(state["ema"])
-        ctx.global_step = state["global_step"]
-        history, best = state["history"], state["best"]
-        start_epoch, since_best = state["epoch"], state["since_best"]
-        train_seconds, train_images = state["train_seconds"], state["train_images"]
-        # (each epoch re-seeds anyway; restored so nothing depends on that)
-        torch.set_rng_state(state["rng_torch"])
-        if device.type == "cuda" and state.get("rng_cuda"):
-            torch.cuda.set_rng_state_all(state["rng_cuda"])
-        print(f"fold {fold}: resuming after epoch {start_epoch} from {last_path}", file=sys.stderr)
-
+    image_size = run.images.shape[1]
     synthetic = SyntheticFakes(cfg["synthetic_fakes"])
     train_crops = val_crops = None
     if cfg["crop_size"] is not None:
-        boxes = picture_boxes(index, images.shape[1], checkpoint_meta["resize"])
+        boxes = picture_boxes(run.index, image_size, run.checkpoint_meta["resize"])
         train_crops = CropPlan(size=cfg["crop_size"], boxes=boxes)
         val_crops = CropPlan(size=cfg["crop_size"], boxes=boxes)  # covering each picture, as predict's auto
     random_draws = ctx.augmenter is not None or train_crops is not None or synthetic.active
-    val_batch = cfg["batch_size"] // crops_per_image(cfg["crop_size"], images.shape[1])
-    train_plan, val_plan = BatchPlan(), BatchPlan(sequential_keys(val_rows, max(1, val_batch)))
-    train_loader = make_loader(CacheBatches(images, targets, ctx.augmenter, crops=train_crops, synthetic=synthetic),
-                               train_plan, num_workers=cfg["num_workers"], device=device)
-    val_loader = make_loader(CacheBatches(images, targets, crops=val_crops), val_plan,
-                             num_workers=cfg["num_workers"], device=device)
-    stopped = state is not None and state.get("stopped", False)
-    epoch = start_epoch
-    while epoch < cfg["epochs"] and not stopped:
+    val_batch = cfg["batch_size"] // crops_per_image(cfg["crop_size"], image_size)
+    train_plan, val_plan = BatchPlan(), BatchPlan(sequential_keys(run.val_rows, max(1, val_batch)))
+    train_loader = make_loader(CacheBatches(run.images, run.targets, ctx.augmenter, crops=train_crops,
+                                            synthetic=synthetic),
+                               train_plan, num_workers=cfg["num_workers"], device=run.device)
+    val_loader = make_loader(CacheBatches(run.images, run.targets, crops=val_crops), val_plan,
+                             num_workers=cfg["num_workers"], device=run.device)
+    while state.epoch < cfg["epochs"] and not state.stopped:
         epoch_start = time.perf_counter()
+        epoch = state.epoch  # 0-based index of this epoch
         torch.manual_seed(derive_seed(seed, fold, epoch, 3))  # dropout / drop-path
-        train_plan.keys = epoch_keys(train_rows, cfg["batch_size"], seed=seed, fold=fold, epoch=epoch,
+        train_plan.keys = epoch_keys(run.train_rows, cfg["batch_size"], seed=seed, fold=fold, epoch=epoch,
                                      max_batches=cfg["max_train_batches"], augment=random_draws)
-        tr = train_one_epoch(ctx, train_loader, total=len(train_plan), progress=progress,
+        tr = train_one_epoch(ctx, train_loader, total=len(train_plan), progress=run.progress,
                              desc=f"fold {fold} epoch {epoch + 1}/{cfg['epochs']}")
         # held-out evaluation every `eval_every` epochs and always after the last one
         evaluated = (epoch + 1) % cfg["eval_every"] == 0 or epoch + 1 == cfg["epochs"]
-        va = evaluate(ctx, val_loader, len(val_plan), targets, progress=progress) if evaluated else None
-        epoch += 1
-        train_seconds += tr["seconds"]
-        train_images += tr["images"]
+        va = evaluate(ctx, val_loader, len(val_plan), run.targets, progress=run.progress) if evaluated else None
+        state.epoch += 1
+        state.train_seconds += tr["seconds"]
+        state.train_images += tr["images"]
         nan = float("nan")
-        row = {"epoch": epoch, "train_loss": tr["loss"], "train_acc": tr["acc"],
+        row = {"epoch": state.epoch, "train_loss": tr["loss"], "train_acc": tr["acc"],
                "val_loss": va["loss"] if va else nan, "val_acc": va["acc"] if va else nan,
                "val_auc": va["auc"] if va else nan, "lr": tr["lr"],
                "images_per_s": tr["images"] / tr["seconds"] if tr["seconds"] > 0 else nan,
                "epoch_seconds": time.perf_counter() - epoch_start}
-        history.append(row)
+        state.history.append(row)
         if va is not None:
             # model selection on AUC; on a one-class held-out fold (AUC undefined) on loss
             score = va["auc"] if not math.isnan(va["auc"]) else -va["loss"]
-            if score > best["score"]:
+            if score > state.best["score"]:
                 prob = va["prob"][np.argsort(va["rows"], kind="stable")]  # in val_rows (sorted) order
-                best = {"epoch": epoch, "score": score, "val_auc": va["auc"],
-                        "state_dict": _cpu_state(ctx.eval_model), "prob": torch.from_numpy(prob)}
-                since_best = 0
+                state.best = {"epoch": state.epoch, "score": score, "val_auc": va["auc"],
+                              "state_dict": cpu_state(ctx.eval_model), "prob": torch.from_numpy(prob)}
+                state.since_best = 0
             else:
-                since_best += 1
+                state.since_best += 1
         patience = cfg["early_stopping_patience"]
-        stopped = patience > 0 and since_best >= patience
-        if progress:
+        state.stopped = patience > 0 and state.since_best >= patience
+        if run.progress:
             held_out = (f"val_loss {row['val_loss']:.4f} val_auc {row['val_auc']:.4f}" if va
                         else "(not evaluated this epoch)")
-            print(f"fold {fold} epoch {epoch}: train_loss {row['train_loss']:.4f} {held_out} "
-                  f"({row['images_per_s']:.1f} img/s)" + ("; early stop" if stopped else ""), file=sys.stderr)
-        save_torch_atomic({
-            "fingerprint": fp, "epoch": epoch, "model": _cpu_state(ctx.model),
-            "optimizer": ctx.optimizer.state_dict(), "scheduler": ctx.scheduler.state_dict(),
-            "ema": _cpu_state(ctx.ema.module) if ctx.ema is not None else None,
-            "global_step": ctx.global_step, "history": history, "best": best, "since_best": since_best,
-            "stopped": stopped, "train_seconds": train_seconds, "train_images": train_images,
-            "rng_torch": torch.get_rng_state(),
-            "rng_cuda": torch.cuda.get_rng_state_all() if device.type == "cuda" else [],
-        }, last_path)
-        if on_epoch_end is not None:
-            on_epoch_end(row)
+            logger.info("fold %d epoch %d: train_loss %.4f %s (%.1f img/s)%s", fold, state.epoch,
+                        row["train_loss"], held_out, row["images_per_s"], "; early stop" if state.stopped else "")
+        save_resume_state(run.resume_path, run.fingerprint, _with_training_states(state, ctx))
+        if run.on_epoch_end is not None:
+            run.on_epoch_end(row)
 
-    metrics = _write_outputs(out_dir, index, targets, val_rows, fold, model_cfg, best, history,
-                             norm, images.shape[1], train_seconds, train_images, n_params, device,
-                             ctx.precision, stopped, checkpoint_meta)
-    last_path.unlink(missing_ok=True)
+    metrics = _write_outputs(run, state, norm=norm, n_params=n_params, precision=ctx.precision)
+    run.resume_path.unlink(missing_ok=True)
     return metrics
 
 
-def _write_outputs(out_dir, index, targets, val_rows, fold, model_cfg, best, history, norm,
-                   image_size, train_seconds, train_images, n_params, device, precision, stopped,
-                   checkpoint_meta) -> dict:
+def _write_outputs(run: FoldRun, state: FoldState, *, norm: dict, n_params: int, precision: str) -> dict:
+    """best.pt, history.csv, oof.csv and metrics.json of the finished fold; returns the metrics."""
+    out_dir, best = run.out_dir, state.best
     out_dir.mkdir(parents=True, exist_ok=True)
-    save_torch_atomic({
-        "state_dict": best["state_dict"], "model_name": model_cfg["name"], "num_classes": 2,
-        "mean": [float(v) for v in norm["mean"]], "std": [float(v) for v in norm["std"]],
-        "image_size": int(image_size), "epoch": int(best["epoch"]), "val_auc": float(best["val_auc"]),
-        "fold": int(fold), "pretrained": str(model_cfg.get("pretrained", False)), **checkpoint_meta,
-    }, out_dir / "best.pt")
-    write_csv(pd.DataFrame(history, columns=HISTORY_COLUMNS), out_dir / "history.csv")
-    write_csv(pd.DataFrame({"img_name": index["img_name"].to_numpy()[val_rows],
-                            "target": targets[val_rows], "y_pred": best["prob"].numpy(),
-                            "fold": fold}), out_dir / "oof.csv")
+    save_checkpoint(out_dir / "best.pt", state_dict=best["state_dict"], model_name=run.model_cfg["name"],
+                    num_classes=NUM_CLASSES, mean=norm["mean"], std=norm["std"], image_size=run.images.shape[1],
+                    epoch=best["epoch"], val_auc=best["val_auc"], fold=run.fold,
+                    pretrained=run.model_cfg.get("pretrained", False), meta=run.checkpoint_meta)
+    write_csv(pd.DataFrame(state.history, columns=HISTORY_COLUMNS), out_dir / "history.csv")
+    write_csv(pd.DataFrame({"img_name": run.index["img_name"].to_numpy()[run.val_rows],
+                            "target": run.targets[run.val_rows], "y_pred": best["prob"].numpy(),
+                            "fold": run.fold}), out_dir / "oof.csv")
     metrics = {
-        "fold": int(fold), "best_epoch": int(best["epoch"]), "best_val_auc": float(best["val_auc"]),
-        "epochs_run": len(history), "early_stopped": bool(stopped),
-        "train_seconds": float(train_seconds),
-        "images_per_s": float(train_images / train_seconds) if train_seconds > 0 else float("nan"),
-        "n_params": int(n_params), "device": device.type, "precision": precision,
+        "fold": int(run.fold), "best_epoch": int(best["epoch"]), "best_val_auc": float(best["val_auc"]),
+        "epochs_run": len(state.history), "early_stopped": bool(state.stopped),
+        "train_seconds": float(state.train_seconds),
+        "images_per_s": (float(state.train_images / state.train_seconds) if state.train_seconds > 0
+                         else float("nan")),
+        "n_params": int(n_params), "device": run.device.type, "precision": precision,
     }
     # NaN is not JSON: an undefined AUC (one-class held-out fold) is written as null
     write_json(out_dir / "metrics.json", {k: None if isinstance(v, float) and math.isnan(v) else v
