@@ -5,7 +5,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 CORES ?= 8
 
-.PHONY: setup demo test bench clean
+.PHONY: setup demo test lint bench clean
 setup: $(VENV)/.installed
 
 $(VENV)/.installed: pyproject.toml
@@ -17,8 +17,13 @@ $(VENV)/.installed: pyproject.toml
 demo: setup
 	PATH="$(abspath $(BIN)):$$PATH" snakemake --cores $(CORES) --resources gpu=1
 
-test: setup
+test: setup lint
 	PATH="$(abspath $(BIN)):$$PATH" pytest
+
+# Formatting and lint, as the Snakemake workflow template checks them (config in pyproject.toml).
+lint: setup
+	$(BIN)/snakefmt --check Snakefile rules/
+	$(BIN)/ruff check src scripts tests bench
 
 bench: setup
 	$(BIN)/python bench/bench_cache.py

@@ -42,18 +42,18 @@ GPU_LOCKS = f"{R}/state/gpu_locks"
 
 
 def sections(*keys):
-    """The config sections a rule uses, as one JSON argument for its script.
+    """The config keys a rule uses, as one JSON argument for its script.
 
-    Passed through `params:` so a change re-runs exactly the rules that read it.
+    A section name passes the whole section, a dotted key ("train.device") only that value: the
+    stage can read nothing else (dvc.yaml passes the same keys as --keys). Passed through
+    `params:` so a change re-runs exactly the rules that read it.
     """
     picked = {}
     for key in keys:
-        node, out = config, picked
-        parts = key.split(".")
-        for part in parts[:-1]:
+        node = config
+        for part in key.split("."):
             node = node[part]
-            out = out.setdefault(part, {})
-        out[parts[-1]] = node[parts[-1]]
+        picked[key] = node
     return _json.dumps(picked, sort_keys=True)
 
 

@@ -22,6 +22,8 @@ from pathlib import Path
 
 import yaml
 
+from deepfake_workflow.config import expand_dotted_keys
+
 REPO = Path(__file__).resolve().parents[1]
 CORES = 4  # thread counts baked into the DVC commands (DVC has no scheduler)
 
@@ -69,20 +71,10 @@ def to_dvc_command(shell: str, full_config: dict, raw_config: dict | None = None
     if "--config-json" not in tokens:  # a stage that reads no config
         return shlex.join(tokens), []
     i = tokens.index("--config-json")
-    sections = json.loads(tokens[i + 1])
-    tokens[i:i + 2] = ["--config", "config.yaml", "--keys", ",".join(passed_keys(sections, full_config))]
+    passed = json.loads(tokens[i + 1])  # {"predict": {...}, "train.device": "auto"}: the keys the rule passes
+    tokens[i:i + 2] = ["--config", "config.yaml", "--keys", ",".join(sorted(passed))]
+    sections = expand_dotted_keys(passed)
     return shlex.join(tokens), param_keys(sections, full_config, full_config if raw_config is None else raw_config)
-
-
-def passed_keys(sections: dict, full: dict, prefix: str = "") -> list[str]:
-    """The dotted keys the rule passed: a whole section as its name, part of one key by key."""
-    keys = []
-    for key, value in sorted(sections.items()):
-        if isinstance(value, dict) and isinstance(full.get(key), dict) and set(value) != set(full[key]):
-            keys += passed_keys(value, full[key], f"{prefix}{key}.")
-        else:
-            keys.append(f"{prefix}{key}")
-    return keys
 
 
 def param_keys(sections: dict, full: dict, raw: dict, prefix: str = "") -> list[str]:
@@ -174,7 +166,7 @@ def script_name(shell: str) -> str:
 
 
 def build_dvc_yaml(configfile: str, workdir: Path = REPO) -> dict:
-    from deepfake_workflow.config import expand_dotted_keys, load_config
+    from deepfake_workflow.config import load_config
 
     full = load_config(workdir / configfile)
     raw = expand_dotted_keys(yaml.safe_load((workdir / configfile).read_text(encoding="utf-8")) or {})

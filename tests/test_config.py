@@ -120,8 +120,7 @@ def test_a_stage_reads_only_the_keys_its_rule_passed_under_both_engines(tmp_path
     the same clear error for any other key (not a silent schema default)."""
     path = tmp_path / "config.yaml"
     path.write_text("predict: {tta: hflip}\ntrain: {device: cpu, lr: 0.5}\n", encoding="utf-8")
-    predict = {**validate_config({})["predict"], "tta": "hflip"}  # rules pass whole sections, validated
-    snakemake_style = _stage_config("--config-json", json.dumps({"predict": predict, "train": {"device": "cpu"}}))
+    snakemake_style = _stage_config("--config-json", json.dumps({"predict": {"tta": "hflip"}, "train.device": "cpu"}))
     dvc_style = _stage_config("--config", str(path), "--keys", "predict,train.device")
     for config in (snakemake_style, dvc_style):
         assert config["predict"]["tta"] == "hflip" and config["predict"]["crops"] == "auto"

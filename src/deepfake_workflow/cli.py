@@ -33,38 +33,38 @@ def add_compute_args(parser: argparse.ArgumentParser) -> None:
 
 
 def config_from_args(args: argparse.Namespace) -> dict:
-    """The validated config a stage may read: the sections its rule passed, nothing else.
+    """The validated config a stage may read: the keys its rule passed, nothing else.
 
-    Reading a key the rule did not pass fails the same way under both engines (Snakemake passes
-    the sections as --config-json, dvc.yaml the whole file plus --keys), instead of silently
-    taking the schema default where the key was not passed.
+    A section name ("predict") passes the whole section, schema defaults included; a dotted key
+    ("train.device") only that value. Reading any other key fails the same way under both
+    engines (Snakemake passes the keys as --config-json, dvc.yaml the whole file plus --keys)
+    instead of silently taking the schema default.
     """
     overrides = dict(parse_override(item) for item in args.set)
     if args.config_json:
-        raw = expand_dotted_keys(json.loads(args.config_json))
-        if overrides:
-            raw = deep_merge(raw, expand_dotted_keys(overrides))
-        return PassedConfig.restrict(validate_config(raw), _shape(raw))
+        raw = json.loads(args.config_json)
+        if not isinstance(raw, dict):
+            raise ConfigError("--config-json: expected a JSON object of config keys")
+        merged = deep_merge(expand_dotted_keys(raw), expand_dotted_keys(overrides))
+        return PassedConfig.restrict(validate_config(merged), _key_tree(raw))
     config = load_config(args.config, overrides)
     if args.keys:
         return PassedConfig.restrict(config, _key_tree(args.keys.split(",")))
     return config
 
 
-def _shape(raw: dict) -> dict:
-    """The keys a JSON config holds, as a tree ({"train": {"device": True}})."""
-    return {k: _shape(v) if isinstance(v, dict) else True for k, v in raw.items()}
-
-
 def _key_tree(keys) -> dict:
-    """{"train.device", "predict"} -> {"train": {"device": True}, "predict": True}."""
+    """{"train.device", "predict"} -> {"train": {"device": True}, "predict": True} (True: all of it)."""
     tree: dict = {}
-    for key in keys:
+    for key in sorted(k.strip() for k in keys):  # "train" sorts before "train.device": the whole wins
         node = tree
-        *parents, last = key.strip().split(".")
+        *parents, last = key.split(".")
         for part in parents:
             node = node.setdefault(part, {})
-        node[last] = True
+            if node is True:
+                break
+        else:
+            node[last] = True
     return tree
 
 
