@@ -33,7 +33,8 @@ from PIL import Image
 from scipy import ndimage
 
 from .atomic import atomic_path
-from .errors import ConfigError, DataError
+from .config import check_values
+from .errors import DataError
 
 REAL = "real"
 TRAIN_METHODS = ("self_blend", "upsample", "noise_mismatch")
@@ -520,20 +521,6 @@ def _pool_context():
     return multiprocessing.get_context()
 
 
-def _check_args(seed, counts, min_size, max_size, workers):
-    if not isinstance(seed, (int, np.integer)) or isinstance(seed, bool) or seed < 0:
-        raise ConfigError(f"demo seed: expected a non-negative integer, got {seed!r}")
-    for key, n in counts.items():
-        if not isinstance(n, (int, np.integer)) or n < 10:
-            raise ConfigError(f"demo {key}: expected an integer >= 10, got {n!r}")
-    if not (64 <= min_size <= max_size <= 4096):
-        raise ConfigError(
-            f"demo min_size/max_size: expected 64 <= min_size <= max_size <= 4096, "
-            f"got {min_size!r}/{max_size!r}")
-    if not isinstance(workers, int) or workers < 1:
-        raise ConfigError(f"demo workers: expected an integer >= 1, got {workers!r}")
-
-
 def _check_root(root: Path) -> None:
     """Refuse to replace a folder that is not a previous demo (it could hold real data)."""
     if root.exists() and not root.is_dir():
@@ -560,7 +547,9 @@ def write_demo_dataset(root: Path, *, seed: int, n_train: int = 600, n_val: int 
     """
     root = Path(root)
     counts = {"n_train": n_train, "n_val": n_val, "n_test": n_test}
-    _check_args(seed, counts, min_size, max_size, workers)
+    # the schema's rules and messages: a direct call fails as the same value in a config would
+    check_values({"seed": seed, "data": {"demo": {**counts, "min_size": min_size, "max_size": max_size}}},
+                 workers=workers)
     _check_root(root)
     sizes = dict(zip((s.name for s in SPLITS), counts.values()))
     plans = {s.name: _plan_split(seed, s, sizes[s.name]) for s in SPLITS}
