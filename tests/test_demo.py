@@ -179,7 +179,7 @@ def test_failed_run_leaves_no_root(tmp_path, monkeypatch):
         return real_render(*args)
 
     real_render = demo.render_image
-    monkeypatch.setattr(demo, "render_image", render_then_fail)
+    monkeypatch.setattr(demo.dataset, "render_image", render_then_fail)  # where the writer looks it up
     with pytest.raises(KeyboardInterrupt):
         demo.write_demo_dataset(tmp_path / "raw", seed=1, n_train=10, n_val=10, n_test=10,
                                 min_size=64, max_size=80)
