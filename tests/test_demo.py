@@ -154,7 +154,8 @@ def test_same_seed_same_bytes_any_worker_count(tmp_path):
     assert one == two
     assert tree_bytes(tmp_path / "a") == tree_bytes(tmp_path / "b")
     demo.write_demo_dataset(tmp_path / "c", seed=12, **args)
-    names = lambda root: {p.name for p in root.rglob("*.jpg")}
+    def names(root):
+        return {p.name for p in root.rglob("*.jpg")}
     assert not names(tmp_path / "a") & names(tmp_path / "c")
 
 

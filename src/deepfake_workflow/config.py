@@ -247,9 +247,8 @@ def _check_cross_field(config: dict) -> None:
         raise ConfigError("config key 'data.urls': data.source is 'url' but the list is empty")
     demo = data["demo"]
     if demo["min_size"] > demo["max_size"]:
-        raise ConfigError(
-            f"config key 'data.demo.min_size': got {demo['min_size']}, expected <= data.demo.max_size ({demo['max_size']})"
-        )
+        raise ConfigError(f"config key 'data.demo.min_size': got {demo['min_size']}, "
+                          f"expected <= data.demo.max_size ({demo['max_size']})")
     lo, hi = config["train"]["augment"]["rrc_scale"]
     if lo > hi:
         raise ConfigError(f"config key 'train.augment.rrc_scale': got [{lo}, {hi}], expected min <= max")
@@ -258,9 +257,8 @@ def _check_cross_field(config: dict) -> None:
         raise ConfigError(f"config key 'train.augment.jpeg_quality': got [{qlo}, {qhi}], expected min <= max")
     report = config["report"]
     if report["threshold_policy"] in ("fpr", "fixed") and report["threshold_value"] is None:
-        raise ConfigError(
-            f"config key 'report.threshold_value': threshold_policy '{report['threshold_policy']}' needs a value in [0, 1]"
-        )
+        raise ConfigError(f"config key 'report.threshold_value': threshold_policy "
+                          f"'{report['threshold_policy']}' needs a value in [0, 1]")
 
 
 def schema_choices(key: str) -> tuple:
