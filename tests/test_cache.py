@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 import textwrap
@@ -14,6 +15,7 @@ import pytest
 from PIL import Image
 
 from deepfake_workflow.cache import CacheSummary, build_cache, open_cache
+from deepfake_workflow.config import validate_config
 from deepfake_workflow.errors import ConfigError, DataError
 from deepfake_workflow.imageio import load_rgb
 
@@ -211,14 +213,26 @@ def test_existing_cache_is_replaced_whole(tmp_path):
         ({"resize": "stretch"}, "cache.resize"),
         ({"size": 8}, "cache.size"),
         ({"size": 32.0}, "cache.size"),
+        ({"size": 2049}, "config key 'cache.size': got 2049, expected <= 2048"),  # the schema's maximum
         ({"on_bad_image": "ignore"}, "cache.on_bad_image"),
-        ({"workers": 0}, "cache.workers"),
+        ({"max_pixels": 0}, "config key 'cache.max_pixels': got 0, expected >= 1"),
+        ({"workers": 0}, "argument 'workers': got 0, expected >= 1"),
     ],
 )
 def test_bad_settings_name_the_config_key(tmp_path, kwargs, key):
     settings = {"size": SIZE, "resize": "squash"} | kwargs
-    with pytest.raises(ConfigError, match=key):
+    with pytest.raises(ConfigError, match=re.escape(key)):
         build_cache(_items(["a.jpg"]), tmp_path, tmp_path / "c", progress=False, **settings)
+    assert not (tmp_path / "c").exists()
+
+
+def test_settings_are_checked_as_the_config_checks_them(tmp_path):
+    # one source of rules: the same bad value gives the same line from a config and from a call
+    with pytest.raises(ConfigError) as from_config:
+        validate_config({"cache": {"size": 4096}})
+    with pytest.raises(ConfigError) as from_call:
+        build_cache(_items(["a.jpg"]), tmp_path, tmp_path / "c", size=4096, resize="squash", progress=False)
+    assert str(from_call.value).splitlines()[1:] == str(from_config.value).splitlines()[1:]
 
 
 @pytest.mark.parametrize(

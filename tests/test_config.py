@@ -1,9 +1,11 @@
 """Config validation: defaults, overrides, and errors that name the key, value and expectation."""
 import json
+
+import numpy as np
 import pytest
 import yaml
 
-from deepfake_workflow.config import load_config, parse_override, validate_config
+from deepfake_workflow.config import check_values, load_config, parse_override, validate_config
 from deepfake_workflow.errors import ConfigError
 
 
@@ -130,3 +132,28 @@ def test_a_stage_reads_only_the_keys_its_rule_passed_under_both_engines(tmp_path
         with pytest.raises(ConfigError, match=r"config key 'model' was not passed"):
             config["model"]
     assert _stage_config("--config", str(path))["train"]["lr"] == 0.5  # by hand: the whole file
+
+
+def test_check_values_uses_the_schema_rules_and_messages():
+    # library calls: the same lines as a config, every problem at once, workers from the schema's $defs
+    with pytest.raises(ConfigError) as err:
+        check_values({"seed": -1, "cache": {"size": 4096}, "data": {"demo": {"max_size": 5000}}}, workers=0)
+    assert str(err.value).splitlines() == [
+        "invalid settings:",
+        "  config key 'cache.size': got 4096, expected <= 2048",
+        "  config key 'data.demo.max_size': got 5000, expected <= 4096",
+        "  config key 'seed': got -1, expected >= 0",
+        "  argument 'workers': got 0, expected >= 1",
+    ]
+    with pytest.raises(ConfigError, match="'data.demo.min_size': got 300, expected <= data.demo.max_size"):
+        check_values({"data": {"demo": {"min_size": 300, "max_size": 200}}})  # cross-field rules too
+
+
+def test_check_values_takes_python_values_as_they_are():
+    check_values({"cache": {"size": np.int64(64), "max_pixels": None}}, workers=np.int32(2))
+    # no coercion: a float or a string where an integer belongs would break the caller later
+    for size in (64.0, "64", True):
+        with pytest.raises(ConfigError, match="'cache.size'"):
+            check_values({"cache": {"size": size}})
+    with pytest.raises(ConfigError, match="unknown config key 'cache.sise'"):
+        check_values({"cache": {"sise": 64}})

@@ -4,6 +4,7 @@ from __future__ import annotations
 import csv
 import hashlib
 import io
+import re
 from pathlib import Path
 
 import numpy as np
@@ -11,6 +12,7 @@ import pytest
 from PIL import Image
 
 from deepfake_workflow import demo
+from deepfake_workflow.config import validate_config
 from deepfake_workflow.errors import ConfigError, DataError
 
 SMALL = dict(n_train=60, n_val=40, n_test=40, min_size=96, max_size=160)
@@ -152,7 +154,8 @@ def test_same_seed_same_bytes_any_worker_count(tmp_path):
     assert one == two
     assert tree_bytes(tmp_path / "a") == tree_bytes(tmp_path / "b")
     demo.write_demo_dataset(tmp_path / "c", seed=12, **args)
-    names = lambda root: {p.name for p in root.rglob("*.jpg")}
+    def names(root):
+        return {p.name for p in root.rglob("*.jpg")}
     assert not names(tmp_path / "a") & names(tmp_path / "c")
 
 
@@ -177,7 +180,7 @@ def test_failed_run_leaves_no_root(tmp_path, monkeypatch):
         return real_render(*args)
 
     real_render = demo.render_image
-    monkeypatch.setattr(demo, "render_image", render_then_fail)
+    monkeypatch.setattr(demo.dataset, "render_image", render_then_fail)  # where the writer looks it up
     with pytest.raises(KeyboardInterrupt):
         demo.write_demo_dataset(tmp_path / "raw", seed=1, n_train=10, n_val=10, n_test=10,
                                 min_size=64, max_size=80)
@@ -197,13 +200,25 @@ def test_refuses_to_replace_a_foreign_folder(tmp_path):
     (dict(seed=-1), "seed"),
     (dict(seed=1, n_train=3), "n_train"),
     (dict(seed=1, n_val=2.5), "n_val"),
+    (dict(seed=1, n_test=10.0), "config key 'data.demo.n_test': got 10.0, expected type integer"),
     (dict(seed=1, min_size=300, max_size=200), "min_size"),
-    (dict(seed=1, workers=0), "workers"),
+    (dict(seed=1, max_size=4097), "config key 'data.demo.max_size': got 4097, expected <= 4096"),  # schema maximum
+    (dict(seed=1, workers=0), "argument 'workers': got 0, expected >= 1"),
 ])
 def test_bad_arguments_name_the_key(tmp_path, kwargs, key):
-    with pytest.raises(ConfigError, match=key):
+    with pytest.raises(ConfigError, match=re.escape(key)):
         demo.write_demo_dataset(tmp_path / "raw", **kwargs)
     assert not (tmp_path / "raw").exists()
+
+
+@pytest.mark.parametrize("demo_cfg", [dict(max_size=4097), dict(min_size=300, max_size=200), dict(n_val=3)])
+def test_arguments_are_checked_as_the_config_checks_them(tmp_path, demo_cfg):
+    # one source of rules: the same bad value gives the same line from a config and from a call
+    with pytest.raises(ConfigError) as from_config:
+        validate_config({"data": {"demo": demo_cfg}})
+    with pytest.raises(ConfigError) as from_call:
+        demo.write_demo_dataset(tmp_path / "raw", seed=1, **demo_cfg)
+    assert str(from_call.value).splitlines()[-1] == str(from_config.value).splitlines()[-1]
 
 
 def image_features(path: Path) -> list[float]:

@@ -33,11 +33,11 @@ from tqdm import tqdm
 
 from . import __version__
 from .atomic import atomic_path, write_csv, write_json
-from .errors import ConfigError, DataError
-from .imageio import RESIZE_MODES, ImageReadError, load_rgb_and_size
+from .config import check_values, schema_choices
+from .errors import DataError
+from .imageio import ImageReadError, load_rgb_and_size
 
-ON_BAD_IMAGE = ("error", "skip")
-MIN_SIZE = 16
+ON_BAD_IMAGE = schema_choices("cache.on_bad_image")  # the values build_cache accepts, for callers
 IMAGES_FILE = "images.npy"
 INDEX_FILE = "index.csv"
 BAD_FILE = "bad_images.csv"
@@ -81,7 +81,9 @@ def build_cache(
     `workers` > 1 decodes in that many processes. Any existing `out_dir` is replaced
     only when the new cache is complete.
     """
-    _check_settings(size, resize, on_bad_image, workers, max_pixels)
+    # the schema's rules and messages: a direct call fails as the same value in a config would
+    check_values({"cache": {"size": size, "resize": resize, "on_bad_image": on_bad_image, "max_pixels": max_pixels}},
+                 workers=workers)
     image_dir = Path(image_dir)
     out_dir = Path(out_dir)
     items = _check_items(items)
@@ -172,23 +174,6 @@ def open_cache(cache_dir: Path) -> tuple[np.ndarray, pd.DataFrame]:
 
 
 # --------------------------------------------------------------------------- checks
-
-
-def _check_settings(
-    size: int, resize: str, on_bad_image: str, workers: int, max_pixels: int | None
-) -> None:
-    if resize not in RESIZE_MODES:
-        raise ConfigError(f"cache.resize: {resize!r} is not one of {', '.join(RESIZE_MODES)}")
-    if isinstance(size, bool) or not isinstance(size, (int, np.integer)) or size < MIN_SIZE:
-        raise ConfigError(f"cache.size: {size!r} is not an integer >= {MIN_SIZE}")
-    if on_bad_image not in ON_BAD_IMAGE:
-        raise ConfigError(
-            f"cache.on_bad_image: {on_bad_image!r} is not one of {', '.join(ON_BAD_IMAGE)}"
-        )
-    if isinstance(workers, bool) or not isinstance(workers, (int, np.integer)) or workers < 1:
-        raise ConfigError(f"cache.workers: {workers!r} is not an integer >= 1")
-    if max_pixels is not None and (not isinstance(max_pixels, (int, np.integer)) or max_pixels < 1):
-        raise ConfigError(f"cache.max_pixels: {max_pixels!r} is not a positive integer or null")
 
 
 def _check_items(items: pd.DataFrame) -> pd.DataFrame:

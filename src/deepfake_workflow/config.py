@@ -8,6 +8,7 @@ from __future__ import annotations
 import copy
 import difflib
 import json
+import numbers
 import re
 from functools import lru_cache
 from importlib import resources
@@ -141,7 +142,13 @@ def _key_name(path) -> str:
     return ".".join(parts).replace(".[", "[") or "<top level>"
 
 
-def _describe(error: jsonschema.ValidationError, schema: dict) -> str:
+def _json_value(value: Any) -> Any:
+    # numpy scalars (library calls) print as the number they hold, not as a quoted string
+    return value.item() if hasattr(value, "item") else str(value)
+
+
+def _describe(error: jsonschema.ValidationError, schema: dict, name: str | None = None) -> str:
+    """One line per problem; `name` replaces "config key '<path>'" (arguments that are not config keys)."""
     path = list(error.absolute_path)
     key = _key_name(path)
     if error.validator == "additionalProperties":
@@ -154,7 +161,7 @@ def _describe(error: jsonschema.ValidationError, schema: dict) -> str:
             hint = f" (did you mean '{_key_name(path + [close[0]])}'?)" if close else ""
             lines.append(f"unknown config key '{full}'{hint}; allowed here: {', '.join(allowed)}")
         return "; ".join(lines)
-    value = json.dumps(error.instance, default=str)
+    value = json.dumps(error.instance, default=_json_value)
     expected = {
         "enum": lambda: "one of " + ", ".join(json.dumps(v) for v in error.validator_value),
         "type": lambda: f"type {error.validator_value}",
@@ -167,7 +174,8 @@ def _describe(error: jsonschema.ValidationError, schema: dict) -> str:
         "minItems": lambda: f"at least {error.validator_value} items",
         "maxItems": lambda: f"at most {error.validator_value} items",
     }.get(error.validator, lambda: error.message)()
-    return f"config key '{key}': got {value}, expected {expected}"
+    label = name or f"config key '{key}'"
+    return f"{label}: got {value}, expected {expected}"
 
 
 def validate_config(raw: dict | None) -> dict:
@@ -180,12 +188,52 @@ def validate_config(raw: dict | None) -> dict:
     # Defaults first (so nested objects exist), then validate the completed config.
     config = _apply_defaults(schema, config)
     config = _coerce_strings(schema, config)
-    validator = jsonschema.Draft202012Validator(schema)
-    errors = sorted(validator.iter_errors(config), key=lambda e: list(map(str, e.absolute_path)))
-    if errors:
-        raise ConfigError("invalid config:\n  " + "\n  ".join(_describe(e, schema) for e in errors))
+    problems = [_describe(e, schema) for e in _errors(jsonschema.Draft202012Validator(schema), config)]
+    if problems:
+        raise ConfigError("invalid config:\n  " + "\n  ".join(problems))
     _check_cross_field(config)
     return config
+
+
+def _errors(validator: jsonschema.protocols.Validator, instance: Any) -> list:
+    return sorted(validator.iter_errors(instance), key=lambda e: list(map(str, e.absolute_path)))
+
+
+def _is_integer(checker, instance) -> bool:
+    return isinstance(instance, numbers.Integral) and not isinstance(instance, bool)
+
+
+def _is_number(checker, instance) -> bool:
+    return isinstance(instance, numbers.Real) and not isinstance(instance, bool)
+
+
+# For library calls: Python values, so 32.0 is no integer (it would break a shape or a range() later),
+# while numpy integers are.
+_StrictValidator = jsonschema.validators.extend(
+    jsonschema.Draft202012Validator,
+    type_checker=jsonschema.Draft202012Validator.TYPE_CHECKER.redefine_many(
+        {"integer": _is_integer, "number": _is_number}),
+)
+
+
+def check_values(values: dict, **arguments: Any) -> None:
+    """Check a library call's settings with the schema's rules and messages; ConfigError if any is bad.
+
+    `values` is a partial config, e.g. {"cache": {"size": size, "resize": resize}}: the rest takes the
+    defaults and the cross-field rules run too, so a bad value gets the same line as in a config file.
+    `arguments` are call arguments that are no config keys but have a rule in the schema's `$defs`
+    (e.g. workers=2). Nothing is coerced and types are strict (see _StrictValidator). Every problem is
+    reported at once.
+    """
+    schema = load_schema()
+    config = _apply_defaults(schema, copy.deepcopy(values))
+    problems = [_describe(e, schema) for e in _errors(_StrictValidator(schema), config)]
+    for name, value in arguments.items():
+        rule = schema["$defs"][name]
+        problems += [_describe(e, schema, f"argument {name!r}") for e in _errors(_StrictValidator(rule), value)]
+    if problems:
+        raise ConfigError("invalid settings:\n  " + "\n  ".join(problems))
+    _check_cross_field(config)
 
 
 def _check_cross_field(config: dict) -> None:
@@ -199,9 +247,8 @@ def _check_cross_field(config: dict) -> None:
         raise ConfigError("config key 'data.urls': data.source is 'url' but the list is empty")
     demo = data["demo"]
     if demo["min_size"] > demo["max_size"]:
-        raise ConfigError(
-            f"config key 'data.demo.min_size': got {demo['min_size']}, expected <= data.demo.max_size ({demo['max_size']})"
-        )
+        raise ConfigError(f"config key 'data.demo.min_size': got {demo['min_size']}, "
+                          f"expected <= data.demo.max_size ({demo['max_size']})")
     lo, hi = config["train"]["augment"]["rrc_scale"]
     if lo > hi:
         raise ConfigError(f"config key 'train.augment.rrc_scale': got [{lo}, {hi}], expected min <= max")
@@ -210,9 +257,8 @@ def _check_cross_field(config: dict) -> None:
         raise ConfigError(f"config key 'train.augment.jpeg_quality': got [{qlo}, {qhi}], expected min <= max")
     report = config["report"]
     if report["threshold_policy"] in ("fpr", "fixed") and report["threshold_value"] is None:
-        raise ConfigError(
-            f"config key 'report.threshold_value': threshold_policy '{report['threshold_policy']}' needs a value in [0, 1]"
-        )
+        raise ConfigError(f"config key 'report.threshold_value': threshold_policy "
+                          f"'{report['threshold_policy']}' needs a value in [0, 1]")
 
 
 def schema_choices(key: str) -> tuple:
