@@ -37,7 +37,7 @@ def make_jpegs(folder: Path, n: int, src_size: int, seed: int = 0) -> list[str]:
     """n photo-like JPEGs (q90), sides drawn from [2/3, 4/3] x src_size."""
     rng = np.random.default_rng(seed)
     names = []
-    for i in range(n):
+    for _ in range(n):
         width, height = (int(rng.integers(src_size * 2 // 3, src_size * 4 // 3 + 1)) for _ in range(2))
         # Smooth structure plus sensor-like noise: decodes like a photo, not like pure noise.
         coarse = Image.fromarray(rng.integers(0, 256, (height // 32 + 2, width // 32 + 2, 3), dtype=np.uint8))

@@ -97,8 +97,9 @@ def main() -> None:
             keys = epoch_keys(rows, cfg["batch_size"], seed=0, fold=0, epoch=epoch, max_batches=None,
                               augment=augment)
             for n, start in enumerate(range(0, len(keys), args.segment)):
-                runs = {"real": lambda: real(keys[start:start + args.segment]),
-                        "ready": lambda: train_one_epoch(ctx, ready[start:start + args.segment])}
+                segment = slice(start, start + args.segment)
+                runs = {"real": lambda s=segment, k=keys: real(k[s]),
+                        "ready": lambda s=segment: train_one_epoch(ctx, ready[s])}
                 order = ("real", "ready") if n % 2 == 0 else ("ready", "real")  # no first-mover bias
                 for side in order:
                     result = runs[side]()

@@ -41,7 +41,7 @@ import os
 import shutil
 import tempfile
 from dataclasses import dataclass
-from functools import lru_cache
+from functools import cache
 from pathlib import Path
 
 import numpy as np
@@ -117,7 +117,7 @@ def source_digests() -> dict[str, str]:
     return {p.name: hashlib.sha256(p.read_bytes()).hexdigest()[:16] for p in source_paths()}
 
 
-@lru_cache(maxsize=None)
+@cache
 def _sources() -> tuple[Image.Image, ...]:
     # loaded once per process (workers fork after the parent has loaded them)
     out = []

@@ -7,8 +7,8 @@ import pandas as pd
 
 from deepfake_workflow.atomic import write_csv
 from deepfake_workflow.cache import open_cache, read_cache_info
-from deepfake_workflow.crops import picture_boxes
 from deepfake_workflow.cli import add_compute_args, add_config_args, config_from_args, gpu_slot, run_main, set_threads
+from deepfake_workflow.crops import picture_boxes
 
 
 def main() -> None:

@@ -34,8 +34,8 @@ def main() -> None:
 
     fold_metrics = read_fold_metrics(args.fold_metrics)
     folds = list(fold_metrics)
-    histories = {f: pd.read_csv(p) for f, p in zip(folds, args.histories)}
-    val_frames = {f: pd.read_csv(p) for f, p in zip(folds, args.val_predictions)}
+    histories = {f: pd.read_csv(p) for f, p in zip(folds, args.histories, strict=True)}
+    val_frames = {f: pd.read_csv(p) for f, p in zip(folds, args.val_predictions, strict=True)}
     strategy = config["submit"]["strategy"]
     used = folds_used(strategy, fold_scores(fold_metrics))
     val_pred = combine_fold_predictions(val_frames, used)

@@ -19,7 +19,8 @@ def main() -> None:
     parser.add_argument("-c", "--checkpoint", required=True, type=Path, action="append",
                         help="a best.pt file; repeat to average several (an ensemble)")
     parser.add_argument("-o", "--out", type=Path, default=None, help="CSV to write (default: print)")
-    parser.add_argument("--size", type=int, default=None, help="cache size the model was trained at (default: from checkpoint)")
+    parser.add_argument("--size", type=int, default=None,
+                        help="cache size the model was trained at (default: from checkpoint)")
     parser.add_argument("--resize", default=None, help="resize mode (default: from checkpoint or squash)")
     parser.add_argument("--tta", choices=schema_choices("predict.tta"), default="none")
     parser.add_argument("--device", choices=schema_choices("train.device"), default="auto")

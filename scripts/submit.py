@@ -22,7 +22,7 @@ def main() -> None:
     args = parser.parse_args()
     config = config_from_args(args)
     fold_metrics = read_fold_metrics(args.fold_metrics)
-    frames = {fold: pd.read_csv(p) for fold, p in zip(fold_metrics, args.predictions)}
+    frames = {fold: pd.read_csv(p) for fold, p in zip(fold_metrics, args.predictions, strict=True)}
     used = folds_used(config["submit"]["strategy"], fold_scores(fold_metrics))
     sub = combine_fold_predictions(frames, used)
     test_list = read_labels(SplitManifest.read(args.split_manifest).labels, require_target=False)

@@ -139,7 +139,7 @@ def test_skip_mode_lists_bad_files_and_leaves_no_holes(tmp_path):
     assert listed["img_name"].tolist() == [
         "empty.jpg", "garbage.jpg", "folder.jpg", "cut.jpg", "missing.jpg"
     ]
-    for name, reason in zip(listed["img_name"], listed["error"]):
+    for name, reason in zip(listed["img_name"], listed["error"], strict=True):
         assert bad[name] in reason
     assert json.loads((out / "cache_info.json").read_text())["n_bad"] == 5
 

@@ -35,7 +35,7 @@ def test_random_crops_stay_inside_the_picture():
     rng = np.random.default_rng(0)
     for _ in range(200):
         xy = random_origins(boxes, 16, rng)
-        for (x, y), (bx, by, bw, bh) in zip(xy, boxes):
+        for (x, y), (bx, by, bw, bh) in zip(xy, boxes, strict=True):
             assert bx <= x <= bx + max(bw - 16, 0) and by <= y <= by + max(bh - 16, 0)
 
 

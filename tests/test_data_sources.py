@@ -9,8 +9,8 @@ import tarfile
 import numpy as np
 import pandas as pd
 import pytest
-
-from conftest import LOCAL_COPY_SIZES as SMALL, jobs_run, snakemake, write_config
+from conftest import LOCAL_COPY_SIZES as SMALL
+from conftest import jobs_run, snakemake, write_config
 from http_server import LoopbackServer
 
 DATA_TARGETS = ["results/folds.csv", "results/cache/train/images.npy", "results/cache/val/images.npy"]

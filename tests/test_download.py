@@ -8,11 +8,11 @@ import tarfile
 import time
 
 import pytest
+from http_server import LoopbackServer, Route
 
 from deepfake_workflow.archives import safe_extract
 from deepfake_workflow.download import download, sha256_file
 from deepfake_workflow.errors import ConfigError, DownloadError
-from http_server import LoopbackServer, Route
 
 BODY = os.urandom(300_000)
 BODY_SHA = hashlib.sha256(BODY).hexdigest()

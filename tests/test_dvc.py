@@ -10,7 +10,6 @@ import sys
 
 import pytest
 import yaml
-
 from conftest import BIN, REPO, TINY_CONFIG, jobs_run, snakemake, write_config
 
 PROJECT_FILES = ["Snakefile", "rules", "scripts", "report", "envs", ".dvcignore"]
@@ -22,7 +21,8 @@ ENV = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}", "
 def sh(cwd, *cmd, check=True, timeout=900):
     proc = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, env=ENV, timeout=timeout)
     if check and proc.returncode != 0:
-        raise AssertionError(f"{' '.join(map(str, cmd))} failed ({proc.returncode}):\n{proc.stdout[-4000:]}\n{proc.stderr[-6000:]}")
+        raise AssertionError(f"{' '.join(map(str, cmd))} failed ({proc.returncode}):\n"
+                             f"{proc.stdout[-4000:]}\n{proc.stderr[-6000:]}")
     return proc
 
 

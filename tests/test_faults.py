@@ -5,7 +5,6 @@ import subprocess
 import time
 
 import pandas as pd
-
 from conftest import BIN, REPO, TINY_CONFIG, snakemake, write_config
 
 

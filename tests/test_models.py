@@ -12,7 +12,7 @@ from safetensors.torch import save_file
 
 from deepfake_workflow import models
 from deepfake_workflow.errors import ConfigError
-from deepfake_workflow.models import (check_param_budget, count_params, create_model, data_config)
+from deepfake_workflow.models import check_param_budget, count_params, create_model, data_config
 
 
 def test_unknown_name_suggests_close_names():

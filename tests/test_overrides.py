@@ -7,7 +7,6 @@ and the test looks at the outputs.
 """
 import pandas as pd
 import pytest
-
 from conftest import LOCAL_COPY_SIZES, TINY_CONFIG, jobs_run, snakemake, write_config
 
 
@@ -55,7 +54,7 @@ def test_bad_command_line_values_are_refused_before_any_job(workdir, override, n
 def test_a_missing_data_folder_is_an_error_even_after_a_demo_run(workdir, tmp_path):
     snakemake(workdir, "results/data/dataset.json", configfile=False)
     missing = tmp_path / "not-mounted"
-    proc = snakemake(workdir, "--config", "data={source: local, root: %s}" % missing, configfile=False,
+    proc = snakemake(workdir, "--config", f"data={{source: local, root: {missing}}}", configfile=False,
                      check=False)
     out = proc.stdout + proc.stderr
     assert proc.returncode != 0 and f"data folder {missing} does not exist" in out
@@ -74,4 +73,5 @@ def test_an_empty_data_folder_is_an_error(workdir, tmp_path):
     (empty / "phase1/valset_label.txt").write_text("img_name,target\n")
     proc = snakemake(workdir, "-n", "--config", "data__source=local", f"data__root={empty}",
                      configfile=False, check=False)
-    assert proc.returncode != 0 and f"image folder {empty}/phase1/trainset of split 'train' is empty" in proc.stdout + proc.stderr
+    out = proc.stdout + proc.stderr
+    assert proc.returncode != 0 and f"image folder {empty}/phase1/trainset of split 'train' is empty" in out

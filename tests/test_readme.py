@@ -28,7 +28,6 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import yaml
-
 from conftest import BIN, LOCAL_COPY_SIZES, REPO, TINY_CONFIG, jobs_run
 
 README = REPO / "README.md"
@@ -289,7 +288,8 @@ def _dvc_clone(w, commands):
     w.paths["https://example.org/you/deepfake-workflow.git"] = str(w.project)
     for command in commands:
         if command.startswith("cd "):
-            w.cwd = w.root / command.split()[1] if not Path(command.split()[1]).is_absolute() else Path(command.split()[1])
+            target = Path(command.split()[1])
+            w.cwd = target if target.is_absolute() else w.root / target
             continue
         if command.startswith("git clone"):
             w.cwd = w.root

@@ -120,7 +120,7 @@ def test_html_is_self_contained(run, tmp_path):
     assert "http://" not in page and "https://" not in page
     assert page.count('src="data:image/png;base64,') == len(ALL_PLOTS)
     assert "<link" not in page and "<script" not in page
-    for title, text in PLOT_EXPLANATIONS.values():
+    for title, _text in PLOT_EXPLANATIONS.values():
         assert title in page
     for term in ("ROC AUC", "TPR@FPR=1e-3", "EER", "log loss", "acc@0.5", "Glossary"):
         assert term in page

@@ -7,9 +7,8 @@ import sys
 
 import pandas as pd
 import pytest
-from PIL import Image
-
 from conftest import REPO
+from PIL import Image
 
 
 def run_stage(script, *args, limit_file_bytes=None, cwd=None):
@@ -41,7 +40,8 @@ def small_split(tmp_path):
 def test_disk_full_during_cache_build_is_a_clear_error_and_leaves_no_cache(small_split):
     root, manifest = small_split
     out = root / "cache/train"
-    proc = run_stage("build_cache.py", "--config-json", json.dumps({"cache": {"size": 64}}), "--split-manifest", manifest,
+    proc = run_stage("build_cache.py", "--config-json", json.dumps({"cache": {"size": 64}}),
+                     "--split-manifest", manifest,
                      "--out-dir", out, "--no-progress", limit_file_bytes=20_000)
     assert proc.returncode == 2, proc.stderr
     assert proc.stderr.strip().startswith("error:") and "Traceback" not in proc.stderr
@@ -52,14 +52,16 @@ def test_disk_full_during_cache_build_is_a_clear_error_and_leaves_no_cache(small
 def test_unwritable_output_folder_is_a_clear_error(small_split):
     root, manifest = small_split
     (root / "blocker").write_text("a file where a folder should be")
-    proc = run_stage("make_folds.py", "--config-json", json.dumps({"folds": {"k": 2}, "seed": 0}), "--split-manifest", manifest,
+    proc = run_stage("make_folds.py", "--config-json", json.dumps({"folds": {"k": 2}, "seed": 0}),
+                     "--split-manifest", manifest,
                      "--out", root / "blocker/folds.csv")
     assert proc.returncode == 2 and "blocker" in proc.stderr and "Traceback" not in proc.stderr
 
 
 def test_bad_config_json_names_the_key(small_split):
     root, manifest = small_split
-    proc = run_stage("make_folds.py", "--config-json", json.dumps({"folds": {"k": 1}, "seed": 0}), "--split-manifest", manifest,
+    proc = run_stage("make_folds.py", "--config-json", json.dumps({"folds": {"k": 1}, "seed": 0}),
+                     "--split-manifest", manifest,
                      "--out", root / "folds.csv")
     assert proc.returncode == 2 and "'folds.k': got 1, expected >= 2" in proc.stderr
     assert not (root / "folds.csv").exists()
@@ -67,7 +69,8 @@ def test_bad_config_json_names_the_key(small_split):
 
 def test_fold_with_one_class_is_refused(small_split):
     root, manifest = small_split
-    proc = run_stage("make_folds.py", "--config-json", json.dumps({"folds": {"k": 4}, "seed": 0}), "--split-manifest", manifest,
+    proc = run_stage("make_folds.py", "--config-json", json.dumps({"folds": {"k": 4}, "seed": 0}),
+                     "--split-manifest", manifest,
                      "--out", root / "folds.csv")
     assert proc.returncode == 2 and "no fold ends up with one class" in proc.stderr
 

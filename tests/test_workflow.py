@@ -7,7 +7,6 @@ import sys
 import numpy as np
 import pandas as pd
 import pytest
-
 from conftest import REPO, TINY_CONFIG, jobs_run, snakemake, write_config
 
 

@@ -17,9 +17,10 @@ import tarfile
 import tempfile
 import zipfile
 import zlib
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
-from typing import IO, Callable
+from typing import IO
 
 from .errors import DataError
 
@@ -97,7 +98,8 @@ def _tar_members(archive: Path, tar: tarfile.TarFile) -> list[_Member]:
         else:
             kind = {tarfile.CHRTYPE: "character device", tarfile.BLKTYPE: "block device",
                     tarfile.FIFOTYPE: "FIFO"}.get(info.type, f"type {info.type!r}")
-            raise DataError(f"archive {archive}: member {info.name!r} is a {kind}; only files and directories are allowed")
+            raise DataError(f"archive {archive}: member {info.name!r} is a {kind}; "
+                            "only files and directories are allowed")
     return members
 
 

@@ -22,9 +22,9 @@ import multiprocessing
 import os
 import platform
 import time
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path, PurePath
-from typing import Iterator
 
 import numpy as np
 import pandas as pd
@@ -279,8 +279,7 @@ def _run_chunks(
     # in a locked state; the cost is one interpreter start per worker.
     context = multiprocessing.get_context("spawn")
     with context.Pool(workers, initializer=_worker_init, initargs=(job,)) as pool:
-        for start, results in pool.imap(_worker_chunk, tasks):
-            yield start, results
+        yield from pool.imap(_worker_chunk, tasks)
 
 
 _worker: dict = {}

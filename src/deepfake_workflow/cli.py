@@ -6,8 +6,8 @@ import contextlib
 import json
 import logging
 import sys
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 from .config import deep_merge, expand_dotted_keys, load_config, parse_override, validate_config
 from .errors import ConfigError, WorkflowError
@@ -74,7 +74,7 @@ class PassedConfig(dict):
     path = ""
 
     @classmethod
-    def restrict(cls, config: dict, tree: dict, path: str = "") -> "PassedConfig":
+    def restrict(cls, config: dict, tree: dict, path: str = "") -> PassedConfig:
         out = cls()
         out.path = path
         for key, sub in tree.items():

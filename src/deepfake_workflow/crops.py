@@ -30,7 +30,7 @@ def picture_boxes(index: pd.DataFrame, size: int, resize: str) -> np.ndarray:
         return np.tile(np.array([0, 0, size, size], np.int64), (len(index), 1))
     widths = index["orig_width"].to_numpy()
     heights = index["orig_height"].to_numpy()
-    return np.array([picture_box(resize, int(w), int(h), size) for w, h in zip(widths, heights)],
+    return np.array([picture_box(resize, int(w), int(h), size) for w, h in zip(widths, heights, strict=True)],
                     dtype=np.int64).reshape(-1, 4)
 
 
@@ -66,7 +66,7 @@ def cut(images: np.ndarray, rows: np.ndarray, origins: np.ndarray, boxes: np.nda
     """uint8 (B, crop, crop, 3): the crop of image rows[i] at origins[i], clipped to its box
     (zeros beyond a picture smaller than the crop). Reads only the crop from a memmap."""
     out = np.zeros((len(rows), crop, crop, 3), np.uint8)
-    for i, (row, (x, y), box) in enumerate(zip(rows, origins, boxes)):
+    for i, (row, (x, y), box) in enumerate(zip(rows, origins, boxes, strict=True)):
         x1 = min(x + crop, box[0] + box[2])
         y1 = min(y + crop, box[1] + box[3])
         out[i, : y1 - y, : x1 - x] = images[row, y:y1, x:x1]

@@ -13,8 +13,8 @@ import logging
 import os
 import subprocess
 import time
+from collections.abc import Iterator, MutableMapping
 from pathlib import Path
-from typing import Iterator, MutableMapping
 
 import torch
 

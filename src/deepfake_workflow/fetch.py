@@ -18,8 +18,16 @@ from urllib.parse import urlparse
 from .download import sha256_file
 from .errors import DataError
 from .labels import read_labels, require_both_classes
-from .layout import (Manifest, SplitManifest, check_local_data, data_root, methods_file,
-                     scored_split, split_paths, used_splits)
+from .layout import (
+    Manifest,
+    SplitManifest,
+    check_local_data,
+    data_root,
+    methods_file,
+    scored_split,
+    split_paths,
+    used_splits,
+)
 
 logger = logging.getLogger(__name__)
 

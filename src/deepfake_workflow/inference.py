@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import warnings
-from typing import Iterable
+from collections.abc import Iterable
 
 import numpy as np
 import torch
@@ -16,8 +16,16 @@ from .config import schema_choices
 from .crops import pool_crops
 from .devices import resolve_device
 from .errors import ConfigError, DataError
-from .loader import (BatchPlan, CacheBatches, crops_per_image, make_loader, normalisation, prepare_batch,
-                     scoring_crops, sequential_keys)
+from .loader import (
+    BatchPlan,
+    CacheBatches,
+    crops_per_image,
+    make_loader,
+    normalisation,
+    prepare_batch,
+    scoring_crops,
+    sequential_keys,
+)
 
 PRECISIONS = schema_choices("train.precision")
 TTA_CHOICES = schema_choices("predict.tta")

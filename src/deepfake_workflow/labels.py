@@ -53,10 +53,12 @@ def read_labels(path: str | os.PathLike, *, require_target: bool = True,
     if "img_name" not in df.columns:
         first = df.columns[0] if len(df.columns) else ""
         if first.lower().endswith(IMAGE_SUFFIXES):
-            raise DataError(f"label file {path}: the header is missing (first line is data: '{first}'); expected header '{expected}'")
+            raise DataError(f"label file {path}: the header is missing (first line is data: '{first}'); "
+                            f"expected header '{expected}'")
         raise DataError(f"label file {path}: columns are {list(df.columns)}, expected header '{expected}'")
     if require_target and "target" not in df.columns:
-        raise DataError(f"label file {path}: no 'target' column (columns {list(df.columns)}), expected header '{expected}'")
+        raise DataError(f"label file {path}: no 'target' column (columns {list(df.columns)}), "
+                        f"expected header '{expected}'")
     if df.empty:
         raise DataError(f"label file {path} lists no images (empty split)")
 
@@ -69,7 +71,8 @@ def read_labels(path: str | os.PathLike, *, require_target: bool = True,
     bad_name = df["img_name"].str.contains(r"[/\\]|^\.\.?$", regex=True)
     if bad_name.any():
         i = bad_name.idxmax()
-        raise DataError(f"label file {path}, row {int(line[i])}: img_name '{df.at[i, 'img_name']}' must be a plain file name")
+        raise DataError(f"label file {path}, row {int(line[i])}: img_name '{df.at[i, 'img_name']}' "
+                        "must be a plain file name")
     dup = df["img_name"].duplicated(keep="first")
     if dup.any():
         i = dup.idxmax()

@@ -146,7 +146,7 @@ class SplitManifest:
         write_json(path, asdict(self))
 
     @classmethod
-    def read(cls, path: str | Path) -> "SplitManifest":
+    def read(cls, path: str | Path) -> SplitManifest:
         return _from_json(cls, path, "split manifest")
 
 
@@ -166,7 +166,7 @@ class Manifest:
         write_json(path, asdict(self))
 
     @classmethod
-    def read(cls, path: str | Path) -> "Manifest":
+    def read(cls, path: str | Path) -> Manifest:
         return _from_json(cls, path, "dataset manifest")
 
     def split(self, name: str) -> SplitPaths:

@@ -9,8 +9,8 @@ so the host-to-device copy moves 1 byte per pixel instead of 4.
 from __future__ import annotations
 
 import mmap
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 import numpy as np
 import torch

@@ -15,8 +15,8 @@ The normalisation (mean/std) that the weights expect travels with the model in
 from __future__ import annotations
 
 import difflib
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Mapping
 
 import timm
 import torch
@@ -228,7 +228,7 @@ def convert_lite0_package_state(source: Mapping[str, torch.Tensor], target_keys:
         raise ConfigError(f"model.pretrained: package weights hold {len(source)} tensors, "
                           f"timm efficientnet_lite0 expects {len(target_keys)}")
     converted = {}
-    for (src_key, value), (dst_key, ref) in zip(source.items(), target_keys.items()):
+    for (src_key, value), (dst_key, ref) in zip(source.items(), target_keys.items(), strict=True):
         if value.shape != ref.shape:
             raise ConfigError(f"model.pretrained: package tensor {src_key} {tuple(value.shape)} "
                               f"does not fit timm {dst_key} {tuple(ref.shape)}")

@@ -106,13 +106,13 @@ def plot_training_curves(histories: Mapping[int, pd.DataFrame], path: str | os.P
             f"training histories have none of the columns {LOSS_COLUMNS + (AUC_COLUMN, LR_COLUMN)}"
         )
     fig = Figure(figsize=(4.2 * len(panels), 3.8))
-    axes = dict(zip(panels, fig.subplots(1, len(panels), squeeze=False)[0]))
+    axes = dict(zip(panels, fig.subplots(1, len(panels), squeeze=False)[0], strict=True))
     colors = matplotlib.colormaps["tab10"]
     for i, (fold, hist) in enumerate(sorted(histories.items())):
         epoch = hist["epoch"] if "epoch" in hist else np.arange(1, len(hist) + 1)
         c = colors(i % 10)
         if "loss" in axes:
-            for col, ls in zip(LOSS_COLUMNS, ("-", "--")):
+            for col, ls in zip(LOSS_COLUMNS, ("-", "--"), strict=True):
                 if col in hist:
                     axes["loss"].plot(epoch, hist[col], ls=ls, color=c, marker=".",
                                       label=f"fold {fold} {col.split('_')[0]}")
@@ -195,7 +195,7 @@ def make_gallery_figure(images: np.ndarray, titles: Sequence[str], *, ncols: int
     axes = fig.subplots(nrows, ncols, squeeze=False).ravel()
     for ax in axes:
         ax.axis("off")
-    for ax, img, title in zip(axes, images, titles):
+    for ax, img, title in zip(axes, images, titles, strict=False):
         ax.imshow(img)
         ax.set_title(title, fontsize=8)
     fig.tight_layout()
@@ -224,7 +224,7 @@ def plot_auc_by_method(
               for m, _ in items]
     values = [a for _, a in items]
     bars = ax.barh(range(len(items)), values, color=FAKE_COLOR)
-    for bar, (m, _) in zip(bars, items):
+    for bar, (m, _) in zip(bars, items, strict=True):
         if m in unseen:
             bar.set_hatch("//")
             bar.set_edgecolor("white")

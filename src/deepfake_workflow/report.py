@@ -19,9 +19,8 @@ from . import __version__
 from .atomic import write_csv, write_json, write_text
 from .config import section_defaults, validate_section
 from .errors import DataError
+from .metrics import MetricInputError, auc_by_method, binary_metrics, choose_threshold
 from .tables import require_columns
-from .metrics import (MetricInputError, auc_by_method, binary_metrics,
-                      choose_threshold)
 
 DEFAULTS: dict = section_defaults("report")  # from the config schema
 
@@ -293,7 +292,8 @@ def build_report(*, histories: dict[int, pd.DataFrame], fold_metrics: dict[int, 
     into out_dir (each atomically) and return the metrics dict.
 
     `data_info` ({"description": one line, "source", "root", "n_images": {split: n}}) names the
-    data the run used, at the top of the report. Plots that do not apply are skipped (and a stale copy from an earlier run removed):
+    data the run used, at the top of the report. Plots that do not apply are skipped (and a stale
+    copy from an earlier run removed):
     training_curves.png without history columns, mistakes.png without images, with
     gallery_size 0 or without mistakes, auc_by_method.png without methods.
     """

@@ -107,7 +107,8 @@ def validate_submission(sub: pd.DataFrame, expected_names: pd.Series, *, source:
     bad = ~np.isfinite(y)
     if bad.any():
         i = int(np.argmax(bad))
-        raise DataError(f"{source}, row {i + 2}: y_pred for '{sub['img_name'].iloc[i]}' is not a number ({sub['y_pred'].iloc[i]!r})")
+        raise DataError(f"{source}, row {i + 2}: y_pred for '{sub['img_name'].iloc[i]}' is not a number "
+                        f"({sub['y_pred'].iloc[i]!r})")
     out = (y < 0) | (y > 1)
     if out.any():
         i = int(np.argmax(out))

@@ -14,9 +14,9 @@ import math
 import sys
 import time
 import warnings
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Callable, Iterable
 
 import numpy as np
 import pandas as pd
@@ -32,8 +32,16 @@ from .crops import check_crop_size, picture_boxes
 from .devices import resolve_device
 from .errors import ConfigError, DataError
 from .inference import autocast, predict_log_probs, resolve_precision
-from .loader import (BatchPlan, CacheBatches, CropPlan, crops_per_image, make_loader, normalisation, prepare_batch,
-                     sequential_keys)
+from .loader import (
+    BatchPlan,
+    CacheBatches,
+    CropPlan,
+    crops_per_image,
+    make_loader,
+    normalisation,
+    prepare_batch,
+    sequential_keys,
+)
 from .models import create_model, data_config
 from .synthetic import SyntheticFakes
 from .tables import require_columns

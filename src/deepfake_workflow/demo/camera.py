@@ -17,7 +17,7 @@ class Camera:
     read: float
 
     @classmethod
-    def draw(cls, rng) -> "Camera":
+    def draw(cls, rng) -> Camera:
         return cls(rng.uniform(0.35, 1.0), rng.uniform(0.0003, 0.004), rng.uniform(0.002, 0.012))
 
     def noise_std(self, img: np.ndarray) -> np.ndarray:

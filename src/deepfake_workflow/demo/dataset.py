@@ -132,7 +132,7 @@ def write_demo_dataset(root: Path, *, seed: int, n_train: int = 600, n_val: int 
     check_values({"seed": seed, "data": {"demo": {**counts, "min_size": min_size, "max_size": max_size}}},
                  workers=workers)
     _check_root(root)
-    sizes = dict(zip((s.name for s in SPLITS), counts.values()))
+    sizes = dict(zip((s.name for s in SPLITS), counts.values(), strict=True))
     plans = {s.name: _plan_split(seed, s, sizes[s.name]) for s in SPLITS}
     tasks = [(seed, s.code, i, m, min_size, max_size)
              for s in SPLITS for i, m in enumerate(plans[s.name])]
@@ -155,7 +155,8 @@ def write_demo_dataset(root: Path, *, seed: int, n_train: int = 600, n_val: int 
                 image_dir = tmp / spec.phase / spec.name
                 image_dir.mkdir(parents=True)
                 label_rows = []
-                for method, blob in zip(plans[spec.name], blobs):
+                # blobs is one iterator over every split: each split takes its own count from it
+                for method, blob in zip(plans[spec.name], blobs, strict=False):
                     name = hashlib.md5(blob).hexdigest() + ".jpg"
                     if (image_dir / name).exists():  # would silently drop an image
                         raise RuntimeError(f"duplicate demo image {name} in {spec.name}")
