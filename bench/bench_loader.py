@@ -15,18 +15,36 @@ loader costs nothing.
     .venv/bin/python bench/bench_loader.py [--model efficientnet_lite0] [--size 128]
         [--images 400] [--batch-size 32] [--workers 0] [--epochs 3] [--segment 4]
         [--device cpu] [--threads 0]
+
+`--vs-baseline`: the loader against the public baseline's per-epoch pipeline instead, no model
+on either side. N JPEGs of 512 to 1024 px are written to a temporary folder and cached with
+`build_cache` (config.yaml's cache settings); then, alternating in segments as above:
+
+  baseline   a torch Dataset per image: PIL open, full decode `.convert("RGB")`,
+             Resize((256, 256)), RandomHorizontalFlip, RandomVerticalFlip, ToTensor, Normalize;
+             a DataLoader with the same batch size and workers
+  ours       CacheBatches + make_loader with config.yaml's train settings (crop_size, augment,
+             batch size), then prepare_batch to the normalised float batch on the CPU
+  ours_256   the same with whole cached 256 px images (crop_size null): the baseline's tensor size
+
+The last line is `ratio=<ours/baseline>` (images/s over all segments of each side).
+
+    .venv/bin/python bench/bench_loader.py --vs-baseline [--n 192] [--workers 2] [--epochs 3]
 """
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import torch
 
+from deepfake_workflow.augment import Augmenter
 from deepfake_workflow.devices import resolve_device
 from deepfake_workflow.inference import predict_log_probs
 from deepfake_workflow.loader import BatchPlan, CacheBatches, make_loader, prepare_batch, sequential_keys
@@ -45,13 +63,155 @@ def write_cache(path: Path, n: int, size: int) -> np.ndarray:
     return np.load(path, mmap_mode="r")
 
 
+BASELINE_SIZE = 256  # the public baseline's Resize((256, 256))
+IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+
+
+def write_jpegs(folder: Path, n: int, seed: int = 0) -> list[str]:
+    """n JPEGs (q90) of 512 to 1024 px a side: gradients plus noise, quick to make."""
+    from PIL import Image
+
+    rng = np.random.default_rng(seed)
+    names = []
+    for i in range(n):
+        width, height = (int(rng.integers(512, 1025)) for _ in range(2))
+        ramp_x = np.linspace(0, 255, width, dtype=np.float32)[None, :, None]
+        ramp_y = np.linspace(0, 255, height, dtype=np.float32)[:, None, None]
+        tint = rng.uniform(0.2, 1.0, 3).astype(np.float32)
+        noise = rng.integers(-12, 13, (height, width, 3), dtype=np.int16)
+        arr = np.clip((ramp_x * tint + ramp_y * (1 - tint)) / 2 + 64 + noise, 0, 255).astype(np.uint8)
+        name = f"{i:05d}.jpg"
+        Image.fromarray(arr).save(folder / name, quality=90)
+        names.append(name)
+    return names
+
+
+class BaselineDataset(torch.utils.data.Dataset):
+    """The public baseline's per-image pipeline: decode the JPEG every epoch."""
+
+    def __init__(self, paths: list[str], targets: np.ndarray, size: int = BASELINE_SIZE):
+        from torchvision import transforms
+
+        self.paths, self.targets = paths, targets
+        self.transform = transforms.Compose([
+            transforms.Resize((size, size)),
+            transforms.RandomHorizontalFlip(),
+            transforms.RandomVerticalFlip(),
+            transforms.ToTensor(),
+            transforms.Normalize(IMAGENET_MEAN, IMAGENET_STD),
+        ])
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, i: int):
+        from PIL import Image
+
+        with Image.open(self.paths[i]) as im:
+            image = im.convert("RGB")
+        return self.transform(image), int(self.targets[i])
+
+
+def vs_baseline(args) -> None:
+    """The loader against the public baseline's per-epoch JPEG pipeline (see the docstring)."""
+    from torch.utils.data import DataLoader
+
+    from deepfake_workflow.cache import build_cache, open_cache
+    from deepfake_workflow.config import load_config
+    from deepfake_workflow.crops import picture_boxes
+    from deepfake_workflow.loader import CropPlan, normalisation
+
+    config = load_config(Path(__file__).resolve().parents[1] / "config.yaml")
+    cache_cfg, train_cfg = config["cache"], resolve_train_cfg({**config["train"], "device": "cpu"})
+    batch, workers = train_cfg["batch_size"], args.workers
+    device = torch.device("cpu")
+    with tempfile.TemporaryDirectory(prefix="bench_loader_") as tmp:
+        folder = Path(tmp) / "jpegs"
+        folder.mkdir()
+        started = time.perf_counter()
+        names = write_jpegs(folder, args.n)
+        megabytes = sum((folder / n).stat().st_size for n in names) / 1e6
+        print(f"{args.n} JPEGs, 512-1024 px a side, q90, {megabytes:.0f} MB, written in "
+              f"{time.perf_counter() - started:.1f} s")
+        targets = np.arange(args.n, dtype=np.int64) % 2
+        items = pd.DataFrame({"img_name": names, "target": targets})
+        started = time.perf_counter()
+        build_cache(items, folder, Path(tmp) / "cache", size=cache_cfg["size"], resize=cache_cfg["resize"],
+                    workers=max(1, workers), progress=False)
+        build_s = time.perf_counter() - started
+        images, index = open_cache(Path(tmp) / "cache")
+        print(f"cache: size={cache_cfg['size']} resize={cache_cfg['resize']}, built once in {build_s:.1f} s "
+              f"({args.n / build_s:.1f} images/s, {max(1, workers)} workers)")
+        print(f"batch={batch} workers={workers} threads={torch.get_num_threads()} cpus={os.cpu_count()} "
+              f"crop_size={train_cfg['crop_size']} augment={train_cfg['augment']}")
+
+        mean, std = normalisation(IMAGENET_MEAN, IMAGENET_STD, device)
+        augmenter = Augmenter(train_cfg["augment"])
+        boxes = picture_boxes(index, images.shape[1], cache_cfg["resize"])
+        crops = CropPlan(size=train_cfg["crop_size"], boxes=boxes) if train_cfg["crop_size"] else None
+        rows = np.arange(args.n)
+        ours_plan, ours256_plan, base_plan = BatchPlan(), BatchPlan(), BatchPlan()
+        ours_loader = make_loader(CacheBatches(images, targets, augmenter, crops=crops), ours_plan,
+                                  num_workers=workers, device=device)
+        ours256_loader = make_loader(CacheBatches(images, targets, augmenter), ours256_plan,
+                                     num_workers=workers, device=device)
+        base_loader = DataLoader(BaselineDataset([str(folder / n) for n in names], targets), batch_size=batch,
+                                 sampler=base_plan, num_workers=workers, persistent_workers=workers > 0,
+                                 drop_last=True)
+
+        def ours(plan, loader):
+            def segment(keys: list) -> tuple[int, tuple]:
+                plan.keys, count, shape = keys, 0, None
+                for item in loader:
+                    x, _ = prepare_batch(item, device, mean, std, augmenter=augmenter, channels_last=True)
+                    count, shape = count + len(x), tuple(x.shape)
+                return count, shape
+            return segment
+
+        def baseline(keys: list) -> tuple[int, tuple]:
+            base_plan.keys = [int(r) for rows_b, _ in keys for r in rows_b]
+            count, shape = 0, None
+            for x, _ in base_loader:
+                count, shape = count + len(x), tuple(x.shape)
+            return count, shape
+
+        sides = {"baseline": baseline, "ours": ours(ours_plan, ours_loader),
+                 "ours_256": ours(ours256_plan, ours256_loader)}
+        warm = epoch_keys(rows, batch, seed=0, fold=0, epoch=0, max_batches=2, augment=True)
+        shapes = {name: run(warm)[1] for name, run in sides.items()}  # workers up, allocator warm
+        totals = {name: [0, 0.0] for name in sides}
+        n_segment = 0
+        for epoch in range(1, args.epochs + 1):
+            keys = epoch_keys(rows, batch, seed=0, fold=0, epoch=epoch, max_batches=None, augment=True)
+            for start in range(0, len(keys), args.segment):
+                names_order = list(sides)
+                shift = n_segment % len(names_order)  # each side leads in turn: no first-mover bias
+                for name in names_order[shift:] + names_order[:shift]:
+                    began = time.perf_counter()
+                    count, _ = sides[name](keys[start:start + args.segment])
+                    totals[name][0] += count
+                    totals[name][1] += time.perf_counter() - began
+                n_segment += 1
+        rates = {name: count / seconds for name, (count, seconds) in totals.items()}
+    labels = {"baseline": "baseline (JPEG decode, Resize 256, flips, ToTensor, Normalize)",
+              "ours": "ours (cache, config.yaml crops + augment, normalised)",
+              "ours_256": "ours_256 (cache, whole 256 px images, augment, normalised)"}
+    for name, rate in rates.items():
+        print(f"{labels[name]}: images/s={rate:.1f} over {totals[name][0]} images, batch {shapes[name]}")
+    print(f"ratio_256={rates['ours_256'] / rates['baseline']:.3f}")
+    print(f"ratio={rates['ours'] / rates['baseline']:.3f}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--vs-baseline", action="store_true",
+                        help="the loader against the public baseline's JPEG pipeline, no model")
+    parser.add_argument("--n", type=int, default=192, help="--vs-baseline: JPEGs to write (default 192)")
     parser.add_argument("--model", default="efficientnet_lite0")
     parser.add_argument("--size", type=int, default=128)
     parser.add_argument("--images", type=int, default=400)
     parser.add_argument("--batch-size", type=int, default=32)
-    parser.add_argument("--workers", type=int, default=0)
+    parser.add_argument("--workers", type=int, default=None, help="loader workers (default 0; --vs-baseline 2)")
     parser.add_argument("--epochs", type=int, default=3)
     parser.add_argument("--segment", type=int, default=4, help="batches per alternation")
     parser.add_argument("--device", default="cpu")
@@ -59,6 +219,11 @@ def main() -> None:
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
+    if args.workers is None:
+        args.workers = 2 if args.vs_baseline else 0
+    if args.vs_baseline:
+        vs_baseline(args)
+        return
 
     cfg = resolve_train_cfg({"batch_size": args.batch_size, "num_workers": args.workers,
                              "device": args.device, "epochs": args.epochs + 1})

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from deepfake_workflow.devices import acquire_gpu, resolve_device
+from deepfake_workflow.devices import NvidiaProbe, acquire_gpu, probe_nvidia, resolve_device
 from deepfake_workflow.errors import ConfigError
 
 # Child: take a GPU out of `count`, report it, hold it until `release` exists.
@@ -40,6 +40,51 @@ def test_resolve_device():
 def test_cuda_requested_without_gpu_names_the_key():
     with pytest.raises(ConfigError, match="predict.device"):
         resolve_device("cuda", key="predict.device")
+
+
+GPU = NvidiaProbe(True, "535.104.05")
+
+
+def no_gpu() -> NvidiaProbe:
+    return NvidiaProbe(False)
+
+
+def test_gpu_visible_but_unusable_by_torch_is_an_error_not_cpu_training():
+    for requested, key in (("auto", "train.device"), ("cuda", "predict.device")):
+        with pytest.raises(ConfigError) as err:
+            resolve_device(requested, key, cuda_available=False, probe=lambda: GPU, env={})
+        message = str(err.value)
+        assert message.startswith(f"{key}: '{requested}', but torch cannot use this machine's NVIDIA GPU")
+        assert "driver 535.104.05" in message and f"torch {torch.__version__}" in message
+        assert (f"CUDA {torch.version.cuda}" if torch.version.cuda else "CPU-only build") in message
+        assert "download.pytorch.org/whl/cu" in message and f"set {key}: cpu" in message
+
+
+def test_cpu_on_purpose_proceeds_on_a_gpu_machine():
+    def must_not_probe():
+        raise AssertionError("device: cpu needs no probe")
+    assert resolve_device("cpu", cuda_available=False, probe=must_not_probe, env={}) == torch.device("cpu")
+    # a GPU hidden on purpose from this process counts as no GPU
+    for hidden in ("", "-1"):
+        assert resolve_device("auto", cuda_available=False, probe=lambda: GPU,
+                              env={"CUDA_VISIBLE_DEVICES": hidden}) == torch.device("cpu")
+    assert resolve_device("auto", cuda_available=False, probe=no_gpu, env={}) == torch.device("cpu")
+    assert resolve_device("auto", cuda_available=True, probe=lambda: GPU, env={}) == torch.device("cuda")
+
+
+def test_probe_reads_the_driver_file_or_nvidia_smi(tmp_path):
+    proprietary = tmp_path / "version"
+    proprietary.write_text("NVRM version: NVIDIA UNIX x86_64 Kernel Module  535.104.05  Sat Aug 19 01:15:15 UTC 2023\n"
+                           "GCC version:  gcc version 12.2.0\n")
+    assert probe_nvidia(proprietary, nvidia_smi=str(tmp_path / "absent")) == NvidiaProbe(True, "535.104.05")
+    open_module = tmp_path / "open"
+    open_module.write_text("NVRM version: NVIDIA UNIX Open Kernel Module for x86_64  580.65.06  Release Build\n")
+    assert probe_nvidia(open_module, nvidia_smi=str(tmp_path / "absent")) == NvidiaProbe(True, "580.65.06")
+    smi = tmp_path / "nvidia-smi"
+    smi.write_text("#!/bin/sh\necho 570.86.15\necho 570.86.15\n")
+    smi.chmod(0o755)
+    assert probe_nvidia(tmp_path / "absent", nvidia_smi=str(smi)) == NvidiaProbe(True, "570.86.15")
+    assert probe_nvidia(tmp_path / "absent", nvidia_smi=str(tmp_path / "absent")) == NvidiaProbe(False)
 
 
 def test_lock_does_nothing_when_visible_devices_set_or_single_gpu(tmp_path):

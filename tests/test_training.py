@@ -27,8 +27,11 @@ TIMING = ["images_per_s", "epoch_seconds"]
 
 @pytest.fixture(scope="module")
 def cache(tmp_path_factory):
+    return write_tiny_cache(tmp_path_factory.mktemp("cache"))
+
+
+def write_tiny_cache(root):
     """A memmap cache as build_cache writes it, and a 2-fold split. Fakes are redder."""
-    root = tmp_path_factory.mktemp("cache")
     rng = np.random.default_rng(0)
     target = np.arange(N) % 2
     images = np.lib.format.open_memmap(root / "images.npy", mode="w+", dtype=np.uint8,

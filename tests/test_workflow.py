@@ -150,3 +150,18 @@ def test_snakemake_report_is_browsable(tiny_run, tmp_path):
     snakemake(workdir, "--report", str(out))
     html = out.read_text()
     assert out.stat().st_size > 10_000 and "roc.png" in html and "submission.csv" in html
+
+
+def test_bf16_channels_last_run_on_the_cpu_ends_in_a_valid_submission(tmp_path):
+    """The GPU path's settings, end to end on the CPU (bf16 autocast, channels_last): the one extra
+    tiny run; fp16, compile and gradient clipping are covered at unit level (test_gpu_path.py)."""
+    cfg = {**TINY_CONFIG, "train": {**TINY_CONFIG["train"], "epochs": 1, "precision": "bf16", "channels_last": True}}
+    write_config(tmp_path, cfg)
+    snakemake(tmp_path)
+    res = tmp_path / "results"
+    sub = pd.read_csv(res / "submission.csv")
+    assert len(sub) == TINY_CONFIG["data"]["demo"]["n_test"]
+    assert sub["y_pred"].between(0, 1).all() and not sub["y_pred"].isna().any()
+    for fold in (0, 1):
+        metrics = json.loads((res / f"models/fold{fold}/metrics.json").read_text())
+        assert metrics["precision"] == "bf16" and metrics["device"] == "cpu"

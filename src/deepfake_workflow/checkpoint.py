@@ -99,6 +99,7 @@ class FoldState:
     optimizer: dict | None = None
     scheduler: dict | None = None
     ema: dict | None = None
+    scaler: dict | None = None  # the fp16 gradient scaler (loss scale, growth tracker)
     global_step: int = 0
     history: list = field(default_factory=list)  # one row per epoch done
     best: dict = field(default_factory=no_best)  # epoch, score, val_auc, state_dict, prob (held-out, val_rows order)

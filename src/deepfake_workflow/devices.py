@@ -11,9 +11,11 @@ import contextlib
 import fcntl
 import logging
 import os
+import re
 import subprocess
 import time
-from collections.abc import Iterator, MutableMapping
+from collections.abc import Callable, Iterator, Mapping, MutableMapping
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -26,14 +28,69 @@ logger = logging.getLogger(__name__)
 DEVICE_CHOICES = schema_choices("train.device")
 
 
-def resolve_device(requested: str, key: str = "train.device") -> torch.device:
-    """'auto' -> cuda if available else cpu; 'cuda' without a GPU -> ConfigError naming `key`."""
+NVIDIA_DRIVER_FILE = Path("/proc/driver/nvidia/version")  # exists where the NVIDIA kernel driver is loaded
+TORCH_CUDA_WHEELS = "https://download.pytorch.org/whl/"  # + cu118, cu126, cu130...
+
+
+@dataclass(frozen=True)
+class NvidiaProbe:
+    """What the machine says about NVIDIA GPUs, found without torch."""
+    visible: bool
+    driver: str | None = None  # the driver version, where readable
+
+
+def probe_nvidia(driver_file: Path = NVIDIA_DRIVER_FILE, nvidia_smi: str = "nvidia-smi") -> NvidiaProbe:
+    """An NVIDIA GPU is visible when the kernel driver is loaded (`driver_file`) or `nvidia-smi`
+    lists one; the driver version is read from either."""
+    try:
+        text = Path(driver_file).read_text(errors="replace")
+    except OSError:
+        pass
+    else:
+        match = re.search(r"Kernel Module\b.*?\s(\d+\.\d+(?:\.\d+)?)\s", text)
+        return NvidiaProbe(True, match.group(1) if match else None)
+    try:
+        out = subprocess.run([nvidia_smi, "--query-gpu=driver_version", "--format=csv,noheader"],
+                             capture_output=True, text=True, timeout=30)
+    except (OSError, subprocess.SubprocessError):
+        return NvidiaProbe(False)
+    versions = [line.strip() for line in out.stdout.splitlines() if line.strip()] if out.returncode == 0 else []
+    return NvidiaProbe(bool(versions), versions[0] if versions else None)
+
+
+def gpu_unusable_message(key: str, requested: str, probe: NvidiaProbe) -> str:
+    """Why `requested` cannot use the visible GPU, and the two ways out."""
+    driver = f"driver {probe.driver}" if probe.driver else "driver version not readable"
+    build = f"built for CUDA {torch.version.cuda}" if torch.version.cuda else "a CPU-only build"
+    return (f"{key}: '{requested}', but torch cannot use this machine's NVIDIA GPU ({driver}; torch "
+            f"{torch.__version__}, {build}: torch.cuda.is_available() is False), so it would run on the "
+            f"CPU without saying so. Install a torch build that the driver supports (README, 'The GPU "
+            f"path': pip install torch --index-url {TORCH_CUDA_WHEELS}cuXXX), or set {key}: cpu to use the "
+            f"CPU on purpose")
+
+
+def resolve_device(requested: str, key: str = "train.device", *, cuda_available: bool | None = None,
+                   probe: Callable[[], NvidiaProbe] = probe_nvidia,
+                   env: Mapping[str, str] | None = None) -> torch.device:
+    """'auto' -> cuda if torch can use it, else cpu; 'cuda' without a usable GPU -> ConfigError.
+
+    No silent CPU training on a GPU machine: when an NVIDIA GPU is visible but torch cannot use
+    it (a CPU-only build, a build for a newer CUDA than the driver), 'auto' is a ConfigError too,
+    naming `key`. A GPU hidden on purpose (CUDA_VISIBLE_DEVICES empty or -1) means the CPU.
+    `cuda_available`, `probe` and `env` replace torch's answer, the machine and os.environ (tests).
+    """
     if requested not in DEVICE_CHOICES:
         raise ConfigError(f"{key}: expected one of {', '.join(DEVICE_CHOICES)}, got {requested!r}")
     if requested == "cpu":
         return torch.device("cpu")
-    if torch.cuda.is_available():
+    if torch.cuda.is_available() if cuda_available is None else cuda_available:
         return torch.device("cuda")
+    env = os.environ if env is None else env
+    visible_devices = env.get("CUDA_VISIBLE_DEVICES")
+    hidden = visible_devices is not None and visible_devices.strip() in ("", "-1")
+    gpu = NvidiaProbe(False) if hidden else probe()
+    if gpu.visible:
+        raise ConfigError(gpu_unusable_message(key, requested, gpu))
     if requested == "cuda":
         raise ConfigError(f"{key}: 'cuda' was requested but no CUDA GPU is available "
                           f"(torch {torch.__version__}); use 'auto' or 'cpu'")

@@ -31,20 +31,42 @@ PRECISIONS = schema_choices("train.precision")
 TTA_CHOICES = schema_choices("predict.tta")
 
 
-def resolve_precision(precision: str, device: torch.device, key: str = "train.precision") -> str:
-    """'auto' -> bf16 on CUDA, fp32 elsewhere."""
+def native_bf16(device: torch.device) -> bool:
+    """True on a CUDA GPU with native bfloat16 (Ampere and later), not emulated."""
+    if device.type != "cuda":
+        return False
+    try:
+        return torch.cuda.is_bf16_supported(including_emulation=False)
+    except TypeError:  # an older torch without the argument
+        return torch.cuda.is_bf16_supported()
+
+
+def resolve_precision(precision: str, device: torch.device, key: str = "train.precision", *,
+                      bf16_ok: bool | None = None) -> str:
+    """'auto' -> bf16 on a CUDA GPU with native bf16, fp16 on other CUDA GPUs, fp32 elsewhere.
+    `bf16_ok` overrides the GPU's answer (tests)."""
     if precision not in PRECISIONS:
         raise ConfigError(f"{key}: expected one of {', '.join(PRECISIONS)}, got {precision!r}")
     if precision == "auto":
-        return "bf16" if device.type == "cuda" else "fp32"
+        if device.type != "cuda":
+            return "fp32"
+        return "bf16" if (native_bf16(device) if bf16_ok is None else bf16_ok) else "fp16"
     return precision
+
+
+AUTOCAST_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 def autocast(device: torch.device, precision: str):
     """Mixed-precision context for the forward pass ('fp32' = a no-op)."""
-    if precision == "bf16":
-        return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
+    if precision in AUTOCAST_DTYPES:
+        return torch.autocast(device_type=device.type, dtype=AUTOCAST_DTYPES[precision])
     return contextlib.nullcontext()
+
+
+def grad_scaler(device: torch.device, precision: str) -> torch.amp.GradScaler:
+    """Loss scaling for fp16 (whose gradients underflow without it); a pass-through otherwise."""
+    return torch.amp.GradScaler(device.type, enabled=precision == "fp16")
 
 
 @torch.no_grad()

@@ -31,7 +31,7 @@ from .config import section_defaults, validate_section
 from .crops import check_crop_size, picture_boxes
 from .devices import resolve_device
 from .errors import ConfigError, DataError
-from .inference import autocast, predict_log_probs, resolve_precision
+from .inference import autocast, grad_scaler, predict_log_probs, resolve_precision
 from .loader import (
     BatchPlan,
     CacheBatches,
@@ -143,7 +143,21 @@ class StepContext:
     mean: torch.Tensor
     std: torch.Tensor
     augmenter: Augmenter | None
+    scaler: torch.amp.GradScaler | None = None  # None: a pass-through (not fp16)
+    grad_clip: float | None = None
+    forward: Callable | None = None  # the model, or its torch.compile'd forward
+    compile_proven: bool = False  # the compiled forward and backward have run once
     global_step: int = 0
+
+    def __post_init__(self):
+        if self.scaler is None:
+            self.scaler = grad_scaler(self.device, "fp32")
+        if self.forward is None:
+            self.forward = self.model
+
+    @property
+    def compiled(self) -> bool:
+        return self.forward is not self.model
 
     @property
     def eval_model(self) -> nn.Module:
@@ -185,7 +199,57 @@ def make_step_context(model: nn.Module, cfg: dict, device: torch.device, steps_p
     return StepContext(model=model, optimizer=optimizer, scheduler=scheduler, ema=ema,
                        criterion=nn.CrossEntropyLoss(label_smoothing=cfg["label_smoothing"]),
                        device=device, precision=precision, channels_last=channels_last,
-                       mean=mean, std=std, augmenter=augmenter if augmenter.active else None)
+                       mean=mean, std=std, augmenter=augmenter if augmenter.active else None,
+                       scaler=grad_scaler(device, precision), grad_clip=cfg["grad_clip"],
+                       forward=compile_forward(model) if cfg["compile"] else model)
+
+
+def compile_forward(model: nn.Module) -> Callable:
+    """torch.compile(model), or `model` itself (with one warning) when compiling fails here.
+    The model keeps its own parameters and state-dict keys: checkpoints are unchanged."""
+    try:
+        return torch.compile(model)
+    except Exception as exc:
+        _compile_failed(exc)
+        return model
+
+
+def _compile_failed(exc: BaseException) -> None:
+    first_line = (str(exc).strip().splitlines() or [""])[0][:200]
+    logger.warning("train.compile: torch.compile failed (%s: %s); training continues uncompiled (eager)",
+                   type(exc).__name__, first_line)
+
+
+def _forward_backward_step(ctx: StepContext, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Forward, loss, backward, optional clipping and the optimizer step; (logits, loss)."""
+    with autocast(ctx.device, ctx.precision):
+        logits = ctx.forward(x)
+    loss = ctx.criterion(logits.float(), y)
+    ctx.optimizer.zero_grad(set_to_none=True)
+    ctx.scaler.scale(loss).backward()  # scale: fp16 only, else the loss as it is
+    if ctx.grad_clip is not None:
+        ctx.scaler.unscale_(ctx.optimizer)  # clip the true gradients, not the scaled ones
+        torch.nn.utils.clip_grad_norm_(ctx.model.parameters(), ctx.grad_clip)
+    ctx.scaler.step(ctx.optimizer)  # fp16: skipped when a gradient overflowed
+    ctx.scaler.update()
+    return logits, loss
+
+
+def training_step(ctx: StepContext, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """One optimisation step. A compiled forward compiles on its first call (and its backward on
+    the first backward): if that fails, warn once and redo the step uncompiled."""
+    if not ctx.compiled:
+        return _forward_backward_step(ctx, x, y)
+    try:
+        result = _forward_backward_step(ctx, x, y)
+    except Exception as exc:
+        if ctx.compile_proven:
+            raise
+        _compile_failed(exc)
+        ctx.forward = ctx.model
+        return _forward_backward_step(ctx, x, y)
+    ctx.compile_proven = True
+    return result
 
 
 def train_one_epoch(ctx: StepContext, batches: Iterable, *, total: int | None = None,
@@ -201,13 +265,8 @@ def train_one_epoch(ctx: StepContext, batches: Iterable, *, total: int | None = 
     for step, batch in enumerate(bar):
         x, y = prepare_batch(batch, ctx.device, ctx.mean, ctx.std, augmenter=ctx.augmenter,
                              channels_last=ctx.channels_last)
-        with autocast(ctx.device, ctx.precision):
-            logits = ctx.model(x)
-        loss = ctx.criterion(logits.float(), y)
-        ctx.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
         lr = ctx.optimizer.param_groups[0]["lr"]
-        ctx.optimizer.step()
+        logits, loss = training_step(ctx, x, y)
         ctx.scheduler.step()
         ctx.global_step += 1
         if ctx.ema is not None:
@@ -331,6 +390,7 @@ def _with_training_states(state: FoldState, ctx: StepContext) -> FoldState:
     return replace(state, model=cpu_state(ctx.model), optimizer=ctx.optimizer.state_dict(),
                    scheduler=ctx.scheduler.state_dict(),
                    ema=cpu_state(ctx.ema.module) if ctx.ema is not None else None,
+                   scaler=ctx.scaler.state_dict() if ctx.scaler.is_enabled() else None,
                    global_step=ctx.global_step, rng_torch=torch.get_rng_state(),
                    rng_cuda=torch.cuda.get_rng_state_all() if ctx.device.type == "cuda" else [])
 
@@ -341,6 +401,8 @@ def _restore_training_states(ctx: StepContext, state: FoldState) -> None:
     ctx.scheduler.load_state_dict(state.scheduler)
     if ctx.ema is not None:
         ctx.ema.module.load_state_dict(state.ema)
+    if ctx.scaler.is_enabled() and state.scaler:
+        ctx.scaler.load_state_dict(state.scaler)  # fp16: the loss scale it had reached
     ctx.global_step = state.global_step
     # (each epoch re-seeds anyway; restored so nothing depends on that)
     torch.set_rng_state(state.rng_torch)
