@@ -5,6 +5,7 @@
 # aliases, never names such as WorkflowError that Snakemake itself uses (a shadowed
 # WorkflowError turns Snakemake's clean failure message into a traceback).
 import json as _json
+import os as _os
 from pathlib import Path as _Path
 
 import deepfake_workflow.command as dw_command
@@ -20,6 +21,11 @@ _valid = dw_config.validate_config(config)
 dw_command.check_workflow_config(_valid)
 config.clear()
 config.update(_valid)
+
+# envs/workflow.post-deploy.sh installs the project from here into the rules' conda environment
+# (`--sdm conda`): Snakemake runs it from a copy under .snakemake/conda/, which cannot say where
+# the workflow is.
+_os.environ["DEEPFAKE_WORKFLOW_ROOT"] = str(workflow.basedir)
 
 R = config["results_dir"]
 LOCAL = config["data"]["source"] == "local"
