@@ -5,14 +5,20 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 CORES ?= 8
 
-.PHONY: setup demo test lint bench clean
+.PHONY: setup demo test lint bench clean constraints
 setup: $(VENV)/.installed
 
-$(VENV)/.installed: pyproject.toml
+# The exact versions of constraints.txt (what the tests ran with), inside pyproject.toml's ranges.
+$(VENV)/.installed: pyproject.toml constraints.txt
 	python3 -m venv $(VENV)
 	$(BIN)/pip install --upgrade --quiet pip
-	$(BIN)/pip install --quiet -e '.[dev]'
+	$(BIN)/pip install --quiet -c constraints.txt -e '.[dev]'
 	touch $@
+
+# Re-pin constraints.txt and envs/workflow.yaml to what the virtualenv holds now (after a change
+# to pyproject.toml's dependencies or a deliberate `$(BIN)/pip install -U NAME`).
+constraints:
+	$(BIN)/python scripts/freeze_constraints.py
 
 demo: setup
 	PATH="$(abspath $(BIN)):$$PATH" snakemake --cores $(CORES) --resources gpu=1

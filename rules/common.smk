@@ -5,30 +5,27 @@
 # aliases, never names such as WorkflowError that Snakemake itself uses (a shadowed
 # WorkflowError turns Snakemake's clean failure message into a traceback).
 import json as _json
+import os as _os
 from pathlib import Path as _Path
 
+import deepfake_workflow.command as dw_command
 import deepfake_workflow.config as dw_config
 import deepfake_workflow.layout as dw_layout
-import deepfake_workflow.models as dw_models
-import deepfake_workflow.submission as dw_submission
-
-
-def _check_param_budgets(cfg):
-    """Fail before any job starts if one model or the whole submission is over budget."""
-    n_params = dw_models.check_param_budget(cfg["model"]["name"], cfg["model"]["max_params"])
-    dw_submission.check_submission_budget(
-        n_params, cfg["submit"]["strategy"], cfg["folds"]["k"], cfg["submit"]["max_params"]
-    )
 
 
 # The config with command-line values on top (Snakemake hands `--config` keys over before the
 # config file's sections; expand_dotted_keys lets `section__key` win whatever the order),
-# checked against the schema, the data folder and the parameter budget before any job runs.
+# checked against the schema, the data folder and the parameter budget before any job runs
+# (the same checks as `deepfake-workflow check-config`).
 _valid = dw_config.validate_config(config)
-dw_layout.check_local_data(_valid)
-_check_param_budgets(_valid)
+dw_command.check_workflow_config(_valid)
 config.clear()
 config.update(_valid)
+
+# envs/workflow.post-deploy.sh installs the project from here into the rules' conda environment
+# (`--sdm conda`): Snakemake runs it from a copy under .snakemake/conda/, which cannot say where
+# the workflow is.
+_os.environ["DEEPFAKE_WORKFLOW_ROOT"] = str(workflow.basedir)
 
 R = config["results_dir"]
 LOCAL = config["data"]["source"] == "local"

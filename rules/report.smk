@@ -1,5 +1,7 @@
-# report: metrics.json (DVC metrics), plots and one self-contained HTML report.
-# Report settings only re-run this rule, never training.
+# report: metrics.json (DVC metrics), plots, provenance.json and one self-contained HTML report.
+# Report settings only re-run this rule, never training. The rule passes the whole config: the
+# report reads report.* and submit.strategy, and provenance.json records the sha256 of all of it
+# (the effective config), so any config change re-runs this rule and the hash is never stale.
 
 
 rule report:
@@ -13,6 +15,7 @@ rule report:
         val_index=one(rules.build_cache.output.index, split="val"),
     output:
         metrics=f"{R}/reports/metrics.json",
+        provenance=f"{R}/reports/provenance.json",
         html=report(f"{R}/reports/report.html", caption="../report/html.rst", category="Report"),
         table=report(f"{R}/reports/metrics_table.csv", caption="../report/table.rst", category="Report"),
         plots=report(
@@ -29,7 +32,7 @@ rule report:
     conda:
         "../envs/workflow.yaml"
     params:
-        cfg=sections("report", "submit.strategy"),
+        cfg=sections(*sorted(config)),
         val_cache=folder_of("input.val_images"),
         out_dir=folder_of("output.metrics"),
     shell:

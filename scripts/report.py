@@ -1,5 +1,6 @@
 #!/usr/bin/env python3
-"""Stage report: metrics.json, plots and one self-contained HTML report on the validation data."""
+"""Stage report: metrics.json, plots, provenance.json and one self-contained HTML report on the
+validation data. The rule passes the whole config: provenance.json records its sha256."""
 import argparse
 import os
 from pathlib import Path
@@ -12,10 +13,11 @@ from deepfake_workflow.cli import add_config_args, config_from_args, run_main
 from deepfake_workflow.labels import read_labels
 from deepfake_workflow.layout import Manifest
 from deepfake_workflow.metrics import combine_fold_predictions
+from deepfake_workflow.provenance import collect
 from deepfake_workflow.report import build_report
 from deepfake_workflow.submission import fold_scores, folds_used, read_fold_metrics
 
-REPORT_FILES = ("metrics.json", "report.html", "metrics_table.csv")
+REPORT_FILES = ("metrics.json", "report.html", "metrics_table.csv", "provenance.json")
 
 
 def main() -> None:
@@ -53,7 +55,8 @@ def main() -> None:
             oof=pd.concat([pd.read_csv(p) for p in args.oof], ignore_index=True),
             val_pred=val_pred, val_labels=read_labels(manifest.split("val").labels), methods=methods,
             val_images=val_images, val_index=val_index, report_cfg=config["report"],
-            submission_info=submission_info, out_dir=tmp, data_info=manifest.summary())
+            submission_info=submission_info, out_dir=tmp, data_info=manifest.summary(),
+            provenance=collect(config=config, manifest=args.manifest))
         for name in REPORT_FILES:  # the rest of tmp (the PNGs) becomes plots/
             os.replace(tmp / name, args.out_dir / name)
     val = metrics["val"]

@@ -240,9 +240,12 @@ def _score_images(w, commands):
         Image.new("RGB", (80, 60), (30 * i, 100, 200)).save(images / f"photo{i}.jpg")
     Image.new("RGB", (64, 64), (200, 10, 10)).save(w.paths["more.jpg"])
     (command,) = commands
-    w.run(command)
+    # the installed command (make setup installs the project and its entry point)
+    assert command.startswith("deepfake-workflow score ")
+    proc = w.run(command)
     scores = pd.read_csv(w.project / "scores.csv")
     assert len(scores) == 4 and scores["y_pred"].between(0, 1).all()
+    assert "4 images scored -> scores.csv" in proc.stdout
 
 
 @handler("dvc-generate")

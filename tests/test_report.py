@@ -197,3 +197,13 @@ def test_methods_unseen_in_training_are_marked_with_the_seen_unseen_gap(run, tmp
     html = (tmp_path / "report.html").read_text()
     assert "<td>faceswap</td><td>no (unseen)</td>" in html and "<td>gan</td><td>yes</td>" in html
     assert strict_json(tmp_path / "metrics.json")["generalisation"]["unseen_methods"] == ["faceswap"]
+
+
+def test_provenance_goes_to_its_own_file_and_the_html_never_to_metrics(run, tmp_path):
+    prov = {"versions": {"torch": "9.9.9"}, "git": {"commit": "abc123", "dirty": False}, "config_sha256": "f00d"}
+    returned = build(run, tmp_path, provenance=prov)
+    assert strict_json(tmp_path / "provenance.json") == prov
+    assert "provenance" not in returned and "abc123" not in (tmp_path / "metrics.json").read_text()
+    html = (tmp_path / "report.html").read_text()
+    assert 'id="provenance"' in html and "<th>versions torch</th><td>9.9.9</td>" in html
+    assert "<th>git commit</th><td>abc123</td>" in html

@@ -40,6 +40,27 @@ def test_full_run_writes_a_valid_submission_and_report(tiny_run):
     assert not list(res.rglob(".tmp-*")), "temporary files left behind"
 
 
+def test_run_records_its_provenance(tiny_run):
+    """provenance.json: versions, git, the sha256 of the effective config and of the manifest;
+    every best.pt: the environment it was trained in."""
+    import torch
+
+    from deepfake_workflow.config import validate_config
+    from deepfake_workflow.provenance import config_sha256, file_sha256, package_versions
+
+    res = tiny_run[0] / "results"
+    prov = json.loads((res / "reports/provenance.json").read_text())
+    assert prov["config_sha256"] == config_sha256(validate_config(TINY_CONFIG))
+    assert prov["data_manifest_sha256"] == file_sha256(res / "data/dataset.json")
+    assert prov["versions"] == package_versions()
+    assert prov["git"]["commit"] != "" and prov["cpu"] and prov["platform"]
+    html = (res / "reports/report.html").read_text()
+    assert prov["config_sha256"] in html and prov["versions"]["torch"] in html
+    for fold in (0, 1):
+        ckpt = torch.load(res / f"models/fold{fold}/best.pt", weights_only=True)
+        assert ckpt["provenance"]["versions"] == prov["versions"] and ckpt["provenance"]["device"] == "cpu"
+
+
 def test_second_run_does_nothing(tiny_run):
     workdir, _ = tiny_run
     proc = snakemake(workdir, "-n")

@@ -5,7 +5,8 @@ load with `weights_only=True` (no pickled code runs on reading).
 
 best.pt holds the weights of the selected model and what is needed to rebuild and feed it
 (CHECKPOINT_KEYS), its epoch, held-out AUC and fold, and the caller's metadata (resize mode,
-crop size...) so that scoring prepares new images exactly as training did.
+crop size...) so that scoring prepares new images exactly as training did, and its provenance
+(package versions, platform, device, git commit: provenance.environment()).
 
 last.pt holds what training carries from epoch to epoch, with the fingerprint of the
 configuration that produced it; a file with another fingerprint, or one that cannot be read,
@@ -45,13 +46,17 @@ def cpu_state(module: nn.Module) -> dict:
 
 def save_checkpoint(path: Path, *, state_dict: dict, model_name: str, num_classes: int, mean, std,
                     image_size: int, epoch: int, val_auc: float, fold: int, pretrained,
-                    meta: dict | None = None) -> None:
-    """Write best.pt: the weights and CHECKPOINT_KEYS, the selection figures, then `meta`."""
+                    meta: dict | None = None, provenance: dict | None = None) -> None:
+    """Write best.pt: the weights and CHECKPOINT_KEYS, the selection figures, `meta`, then
+    `provenance` (default: provenance.environment() of this process)."""
+    from .provenance import environment
+
     save_torch_atomic({
         "state_dict": state_dict, "model_name": model_name, "num_classes": int(num_classes),
         "mean": [float(v) for v in mean], "std": [float(v) for v in std],
         "image_size": int(image_size), "epoch": int(epoch), "val_auc": float(val_auc),
         "fold": int(fold), "pretrained": str(pretrained), **(meta or {}),
+        "provenance": environment() if provenance is None else provenance,
     }, path)
 
 

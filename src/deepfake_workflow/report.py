@@ -1,5 +1,5 @@
-"""Validation report: metrics.json, metrics_table.csv, PNG plots and one self-contained
-report.html (images embedded as base64, inline CSS, no external links).
+"""Validation report: metrics.json, metrics_table.csv, PNG plots, provenance.json and one
+self-contained report.html (images embedded as base64, inline CSS, no external links).
 
 The decision threshold is chosen on out-of-fold predictions and only then applied to the
 official validation split, so `acc_at_threshold` on val is an honest estimate.
@@ -183,7 +183,19 @@ def _table_rows(metrics: dict) -> list[dict]:
     return rows
 
 
-def _html_report(metrics: dict, plots: dict[str, Path]) -> str:
+def _provenance_table(provenance: dict | None) -> str:
+    """The run's provenance (provenance.json) as a small table, or nothing."""
+    if not provenance:
+        return ""
+    from .provenance import flat_items
+
+    rows = "".join(f"<tr><th>{html.escape(k)}</th><td>{html.escape(v)}</td></tr>" for k, v in flat_items(provenance))
+    return ('<h2 id="provenance">Provenance</h2><p>What produced this report (also in '
+            f'<code>provenance.json</code>; each <code>best.pt</code> records the same for its training).</p>'
+            f'<table class="provenance">{rows}</table>')
+
+
+def _html_report(metrics: dict, plots: dict[str, Path], provenance: dict | None = None) -> str:
     headers = ("split", "n", "fakes", "reals", "ROC AUC", "TPR@FPR=1e-3", "AP", "EER", "log loss",
                "acc@0.5", "acc@threshold", "best epoch", "train s", "images/s")
     body = []
@@ -257,6 +269,7 @@ submission's combined prediction on the official validation split.</p>
 <h2>Plots</h2>{"".join(figures)}
 <h2>Glossary</h2><dl>{glossary}</dl>
 <h2>Run information</h2><table>{run_info}</table>
+{_provenance_table(provenance)}
 </body></html>
 """
 
@@ -287,9 +300,12 @@ def build_report(*, histories: dict[int, pd.DataFrame], fold_metrics: dict[int, 
                  val_pred: pd.DataFrame, val_labels: pd.DataFrame, methods: pd.DataFrame | None,
                  val_images: np.ndarray | None, val_index: pd.DataFrame | None,
                  report_cfg: dict, submission_info: dict, out_dir: Path,
-                 data_info: dict | None = None) -> dict:
+                 data_info: dict | None = None, provenance: dict | None = None) -> dict:
     """Compute all metrics, write metrics.json, metrics_table.csv, the plots and report.html
     into out_dir (each atomically) and return the metrics dict.
+
+    `provenance` (provenance.collect()) goes to provenance.json and the HTML, never to
+    metrics.json, which stays identical across runs with the same seed.
 
     `data_info` ({"description": one line, "source", "root", "n_images": {split: n}}) names the
     data the run used, at the top of the report. Plots that do not apply are skipped (and a stale
@@ -391,5 +407,7 @@ def build_report(*, histories: dict[int, pd.DataFrame], fold_metrics: dict[int, 
             table[column] = table[column].astype("Int64")
     write_csv(table, out_dir / "metrics_table.csv")
     ordered = {name: written[name] for name in PLOT_EXPLANATIONS if name in written}
-    write_text(out_dir / "report.html", _html_report(metrics, ordered))
+    if provenance is not None:
+        write_json(out_dir / "provenance.json", _plain(provenance))
+    write_text(out_dir / "report.html", _html_report(metrics, ordered, provenance))
     return _without_timings(metrics)

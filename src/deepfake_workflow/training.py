@@ -43,6 +43,7 @@ from .loader import (
     sequential_keys,
 )
 from .models import create_model, data_config
+from .provenance import environment
 from .synthetic import SyntheticFakes
 from .tables import require_columns
 
@@ -497,7 +498,8 @@ def _write_outputs(run: FoldRun, state: FoldState, *, norm: dict, n_params: int,
     save_checkpoint(out_dir / "best.pt", state_dict=best["state_dict"], model_name=run.model_cfg["name"],
                     num_classes=NUM_CLASSES, mean=norm["mean"], std=norm["std"], image_size=run.images.shape[1],
                     epoch=best["epoch"], val_auc=best["val_auc"], fold=run.fold,
-                    pretrained=run.model_cfg.get("pretrained", False), meta=run.checkpoint_meta)
+                    pretrained=run.model_cfg.get("pretrained", False), meta=run.checkpoint_meta,
+                    provenance=environment(device=str(run.device)))
     write_csv(pd.DataFrame(state.history, columns=HISTORY_COLUMNS), out_dir / "history.csv")
     write_csv(pd.DataFrame({"img_name": run.index["img_name"].to_numpy()[run.val_rows],
                             "target": run.targets[run.val_rows], "y_pred": best["prob"].numpy(),
