@@ -34,8 +34,6 @@ RAW_ROOT = str(dw_layout.data_root(config))
 TEST_SOURCE = dw_layout.scored_split(config)
 SPLITS = dw_layout.used_splits(config)
 FOLDS = list(range(config["folds"]["k"]))
-# Lock files that give each model job its own GPU (train and predict share them).
-GPU_LOCKS = f"{R}/state/gpu_locks"
 
 
 def sections(*keys):

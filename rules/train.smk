@@ -29,11 +29,10 @@ rule train:
         out_dir=folder_of("output.checkpoint"),
         # Not an output: Snakemake deletes outputs before a job, the resume state must survive a kill.
         state_dir=f"{R}/state/train_fold{{fold}}",
-        gpu_locks=GPU_LOCKS,
     shell:
         "python scripts/train.py --config-json {params.cfg:q} --cache-dir {params.cache_dir} "
         "--folds {input.folds} --fold {wildcards.fold} --out-dir {params.out_dir} "
-        "--state-dir {params.state_dir} --gpu-locks {params.gpu_locks} --threads {threads} 2>&1 | tee {log}"
+        "--state-dir {params.state_dir} --threads {threads} 2>&1 | tee {log}"
 
 
 rule predict:
@@ -58,8 +57,7 @@ rule predict:
     params:
         cfg=sections("predict", "train.device"),
         cache_dir=folder_of("input.images"),
-        gpu_locks=GPU_LOCKS,
     shell:
         "python scripts/predict.py --config-json {params.cfg:q} --checkpoint {input.checkpoint} "
-        "--cache-dir {params.cache_dir} --out {output} --gpu-locks {params.gpu_locks} "
+        "--cache-dir {params.cache_dir} --out {output} "
         "--threads {threads} 2>&1 | tee {log}"

@@ -10,15 +10,23 @@ from pathlib import Path
 import pytest
 import torch
 
-from deepfake_workflow.devices import NvidiaProbe, acquire_gpu, probe_nvidia, resolve_device
+from deepfake_workflow.devices import (
+    GPU_LOCKS_ENV,
+    NvidiaProbe,
+    acquire_gpu,
+    gpu_lock_dir,
+    probe_nvidia,
+    resolve_device,
+)
 from deepfake_workflow.errors import ConfigError
 
 # Child: take a GPU out of `count`, report it, hold it until `release` exists.
 CHILD = """
 import os, sys, time
 from pathlib import Path
-from deepfake_workflow.devices import acquire_gpu
+from deepfake_workflow.devices import acquire_gpu, gpu_lock_dir
 lock_dir, report, release, timeout = sys.argv[1], Path(sys.argv[2]), Path(sys.argv[3]), float(sys.argv[4])
+lock_dir = gpu_lock_dir() if lock_dir == "default" else lock_dir  # what a stage uses without --gpu-locks
 with acquire_gpu(lock_dir, device_count=2, timeout_s=timeout, poll_s=0.1) as gpu:
     # write then rename: the test polls for the file and must never read it half-written
     tmp = report.with_suffix(".part")
@@ -105,12 +113,13 @@ def test_lock_sets_and_restores_visible_devices(tmp_path):
     assert "CUDA_VISIBLE_DEVICES" not in env
 
 
-def _start(tmp_path: Path, name: str, timeout: float) -> tuple[subprocess.Popen, Path]:
-    env = {k: v for k, v in os.environ.items() if k != "CUDA_VISIBLE_DEVICES"}
+def _start(tmp_path: Path, name: str, timeout: float, lock_dir: str | None = None,
+           cwd: Path | None = None) -> tuple[subprocess.Popen, Path]:
+    env = {k: v for k, v in os.environ.items() if k not in ("CUDA_VISIBLE_DEVICES", GPU_LOCKS_ENV)}
     report = tmp_path / f"{name}.txt"
-    proc = subprocess.Popen([sys.executable, "-c", CHILD, str(tmp_path / "locks"), str(report),
+    proc = subprocess.Popen([sys.executable, "-c", CHILD, lock_dir or str(tmp_path / "locks"), str(report),
                              str(tmp_path / "release"), str(timeout)],
-                            env=env, stderr=subprocess.PIPE, text=True)
+                            env=env, stderr=subprocess.PIPE, text=True, cwd=cwd)
     return proc, report
 
 
@@ -156,3 +165,22 @@ def test_lock_released_when_holder_is_killed(tmp_path):
     env = {}
     with acquire_gpu(tmp_path / "locks", device_count=2, env=env, timeout_s=5) as gpu:
         assert gpu == 0
+
+
+def test_runs_in_two_project_folders_never_take_the_same_gpu(tmp_path):
+    """The stages' default lock folder is one per machine and user, not one per project: two jobs
+    started from two project folders get different GPUs."""
+    assert gpu_lock_dir({}).is_absolute() and gpu_lock_dir({}) == gpu_lock_dir({"PWD": "/elsewhere"})
+    assert gpu_lock_dir({GPU_LOCKS_ENV: str(tmp_path / "shared")}) == tmp_path / "shared"
+    projects = [tmp_path / "project_a", tmp_path / "project_b"]
+    procs = []
+    try:
+        for project in projects:
+            project.mkdir()
+            procs.append(_start(tmp_path, project.name, timeout=30, lock_dir="default", cwd=project))
+        got = {_wait_for(report, proc) for proc, report in procs}
+        assert got == {"0 0", "1 1"}
+    finally:
+        (tmp_path / "release").touch()
+        for proc, _ in procs:
+            proc.wait(timeout=60)

@@ -27,7 +27,9 @@ def add_config_args(parser: argparse.ArgumentParser) -> None:
 
 def add_compute_args(parser: argparse.ArgumentParser) -> None:
     """Arguments of the stages that run a model: GPU lock folder, CPU threads, progress bars."""
-    parser.add_argument("--gpu-locks", type=Path, default=None, help="lock files that give each job its own GPU")
+    parser.add_argument("--gpu-locks", type=Path, default=None,
+                        help="folder of the lock files that give each job its own GPU (default: one per machine "
+                             "and user, or $DEEPFAKE_WORKFLOW_GPU_LOCKS)")
     parser.add_argument("--threads", type=int, default=None, help="CPU threads the scheduler gave the job")
     parser.add_argument("--no-progress", action="store_true")
 
@@ -139,11 +141,14 @@ def set_threads(n: int | None) -> None:
 
 @contextlib.contextmanager
 def gpu_slot(lock_dir, device: str):
-    """One GPU for this job on a multi-GPU machine (a no-op on CPU, or when the cluster chose)."""
-    if lock_dir is None or device == "cpu":
+    """One GPU for this job on a multi-GPU machine (a no-op on CPU, or when the cluster chose).
+
+    Without `lock_dir` the machine-wide folder (devices.gpu_lock_dir) is used.
+    """
+    if device == "cpu":
         yield None
         return
-    from .devices import acquire_gpu
+    from .devices import acquire_gpu, gpu_lock_dir
 
-    with acquire_gpu(lock_dir) as index:
+    with acquire_gpu(lock_dir or gpu_lock_dir()) as index:
         yield index

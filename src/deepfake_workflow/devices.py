@@ -112,6 +112,21 @@ def visible_gpu_count() -> int:
     return sum(line.startswith("GPU ") for line in out.stdout.splitlines()) if out.returncode == 0 else 0
 
 
+GPU_LOCKS_ENV = "DEEPFAKE_WORKFLOW_GPU_LOCKS"
+
+
+def gpu_lock_dir(env: MutableMapping[str, str] | None = None) -> Path:
+    """The folder of GPU lock files: $DEEPFAKE_WORKFLOW_GPU_LOCKS, or one per machine and user.
+
+    Machine-wide, not per project: two runs in two project folders must not take the same GPU.
+    Users sharing a machine's GPUs set the variable to a folder they can all write to.
+    """
+    import tempfile
+
+    env = os.environ if env is None else env
+    return Path(env.get(GPU_LOCKS_ENV) or Path(tempfile.gettempdir()) / f"deepfake-workflow-gpu-locks-{os.getuid()}")
+
+
 def _try_lock(path: Path):
     fh = open(path, "a+")
     try:
