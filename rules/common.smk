@@ -12,7 +12,6 @@ import deepfake_workflow.command as dw_command
 import deepfake_workflow.config as dw_config
 import deepfake_workflow.layout as dw_layout
 
-
 # The config with command-line values on top (Snakemake hands `--config` keys over before the
 # config file's sections; expand_dotted_keys lets `section__key` win whatever the order),
 # checked against the schema, the data folder and the parameter budget before any job runs
