@@ -24,7 +24,7 @@ config.update(_valid)
 # envs/workflow.post-deploy.sh installs the project from here into the rules' conda environment
 # (`--sdm conda`): Snakemake runs it from a copy under .snakemake/conda/, which cannot say where
 # the workflow is.
-_os.environ["DEEPFAKE_WORKFLOW_ROOT"] = str(workflow.basedir)
+_os.environ.update(DEEPFAKE_WORKFLOW_ROOT=str(workflow.basedir))  # set, not read: no envvars: needed
 
 R = config["results_dir"]
 LOCAL = config["data"]["source"] == "local"

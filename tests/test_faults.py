@@ -9,14 +9,14 @@ import pandas as pd
 from conftest import BIN, REPO, TINY_CONFIG, jobs_run, snakemake, write_config
 
 
-def run_until(workdir, condition, timeout=300, delay=0.0, log=None):
+def run_until(workdir, condition, timeout=300, delay=0.0, log=None, extra=()):
     """Start snakemake in its own process group; SIGKILL the whole group `delay` seconds after
     condition() holds. False if the run ended first."""
     if not (workdir / "scripts").exists():
         (workdir / "scripts").symlink_to(REPO / "scripts")
     cmd = [str(BIN / "snakemake"), "-s", str(REPO / "Snakefile"), "-d", str(workdir), "--configfile",
            str(workdir / "config.yaml"), "--cores", "4", "--resources", "gpu=1", "--workflow-profile", "none",
-           "--rerun-incomplete"]
+           "--rerun-incomplete", *extra]
     env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}"}
     out = open(log, "w") if log else subprocess.DEVNULL  # noqa: SIM115 - closed with the process
     proc = subprocess.Popen(cmd, cwd=workdir, stdout=out, stderr=subprocess.STDOUT,
@@ -137,19 +137,30 @@ def test_kill_anywhere_then_rerun_as_the_readme_says_gives_identical_outputs(tin
     write_config(tmp_path, TINY_CONFIG)
     logs = tmp_path / "results/logs"
     moments = []
-    for rule in KILL_RULES:
-        pending = pending_rules(tmp_path) if (tmp_path / "results").exists() else {rule}
-        if rule not in pending:
-            continue
+
+    def kill_in(rule, extra=()):
         started = time.time()
 
-        def rule_started(rule=rule, started=started):
+        def rule_started():
             return any(p.stat().st_mtime >= started for p in logs.glob(f"{rule}*.log")) if logs.is_dir() else False
 
         delay = round(float(rng.uniform(0.0, MAX_KILL_DELAY_S.get(rule, 1.5))), 2)
-        killed = run_until(tmp_path, rule_started, delay=delay, log=tmp_path / f"attempt{len(moments)}.log")
-        moments.append({"rule": rule, "delay_s": delay, "killed": killed, "rules_pending": len(pending)})
+        killed = run_until(tmp_path, rule_started, delay=delay, log=tmp_path / f"attempt{len(moments)}.log",
+                           extra=extra)
+        moments.append({"rule": rule, "delay_s": delay, "killed": killed, "rules_pending": len(pending),
+                        "forced": bool(extra)})
         snakemake(tmp_path, "--unlock")
+
+    for rule in KILL_RULES:
+        pending = pending_rules(tmp_path) if (tmp_path / "results").exists() else {rule}
+        if rule in pending:
+            kill_in(rule)
+    # report and submit run side by side at the end: one may finish before its turn comes. Then
+    # it is run again on purpose (--forcerun) to be killed in it too.
+    for rule in ("report", "submit"):
+        if not any(m["killed"] and m["rule"] == rule for m in moments):
+            pending = pending_rules(tmp_path)
+            kill_in(rule, extra=("--forcerun", rule))
     killed_in = [m["rule"] for m in moments if m["killed"]]
     assert len(killed_in) >= 8, moments  # at least 8 kills, over all stages
     assert {"fetch_data", "build_cache", "train", "predict", "report", "submit"} <= set(killed_in), moments
