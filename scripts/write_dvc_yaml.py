@@ -22,7 +22,7 @@ from pathlib import Path
 
 import yaml
 
-from deepfake_workflow.config import expand_dotted_keys
+from deepfake_workflow.config import expand_dotted_keys, load_config
 
 REPO = Path(__file__).resolve().parents[1]
 CORES = 4  # thread counts baked into the DVC commands (DVC has no scheduler)
@@ -166,8 +166,6 @@ def script_name(shell: str) -> str:
 
 
 def build_dvc_yaml(configfile: str, workdir: Path = REPO) -> dict:
-    from deepfake_workflow.config import load_config
-
     full = load_config(workdir / configfile)
     raw = expand_dotted_keys(yaml.safe_load((workdir / configfile).read_text(encoding="utf-8")) or {})
     jobs = dry_run_jobs(workdir, configfile)

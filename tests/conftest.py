@@ -33,9 +33,8 @@ def write_config(workdir: Path, config: dict) -> Path:
     return path
 
 
-def snakemake(workdir: Path, *args: str, check: bool = True, timeout: int = 900,
-              configfile: bool = True) -> subprocess.CompletedProcess:
-    """Run the real snakemake CLI on the repo's Snakefile inside `workdir`.
+def snakemake_command(workdir: Path, *args: str, configfile: bool = True) -> tuple[list[str], dict]:
+    """The snakemake command line and environment the tests run the workflow with, in `workdir`.
 
     --cores 4 gives the rules the same thread counts as the commands in dvc.yaml, so both
     engines compute bit-identical results. `configfile=False` leaves `workdir/config.yaml` to the
@@ -50,6 +49,13 @@ def snakemake(workdir: Path, *args: str, check: bool = True, timeout: int = 900,
     if not (workdir / "scripts").exists():
         (workdir / "scripts").symlink_to(REPO / "scripts")
     env = {**os.environ, "PYTHONUNBUFFERED": "1", "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}"}
+    return cmd, env
+
+
+def snakemake(workdir: Path, *args: str, check: bool = True, timeout: int = 900,
+              configfile: bool = True) -> subprocess.CompletedProcess:
+    """Run the real snakemake CLI on the repo's Snakefile inside `workdir` (see snakemake_command)."""
+    cmd, env = snakemake_command(workdir, *args, configfile=configfile)
     proc = subprocess.run(cmd, cwd=workdir, capture_output=True, text=True, timeout=timeout, env=env)
     if check and proc.returncode != 0:
         raise AssertionError(f"snakemake failed ({proc.returncode}):\n{proc.stdout[-4000:]}\n{proc.stderr[-8000:]}")

@@ -6,18 +6,13 @@ import subprocess
 import time
 
 import pandas as pd
-from conftest import BIN, REPO, TINY_CONFIG, jobs_run, snakemake, write_config
+from conftest import TINY_CONFIG, jobs_run, snakemake, snakemake_command, write_config
 
 
 def run_until(workdir, condition, timeout=300, delay=0.0, log=None, extra=()):
     """Start snakemake in its own process group; SIGKILL the whole group `delay` seconds after
     condition() holds. False if the run ended first."""
-    if not (workdir / "scripts").exists():
-        (workdir / "scripts").symlink_to(REPO / "scripts")
-    cmd = [str(BIN / "snakemake"), "-s", str(REPO / "Snakefile"), "-d", str(workdir), "--configfile",
-           str(workdir / "config.yaml"), "--cores", "4", "--resources", "gpu=1", "--workflow-profile", "none",
-           "--rerun-incomplete", *extra]
-    env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}"}
+    cmd, env = snakemake_command(workdir, *extra)
     out = open(log, "w") if log else subprocess.DEVNULL  # noqa: SIM115 - closed with the process
     proc = subprocess.Popen(cmd, cwd=workdir, stdout=out, stderr=subprocess.STDOUT,
                             env=env, start_new_session=True)
@@ -228,11 +223,7 @@ def test_a_second_run_in_the_same_folder_is_refused_and_the_first_is_unharmed(ti
     """Two runs at once in one project folder: the second gets Snakemake's lock message and
     exits; the first finishes with the same results as an uninterrupted run."""
     write_config(tmp_path, TINY_CONFIG)
-    if not (tmp_path / "scripts").exists():
-        (tmp_path / "scripts").symlink_to(REPO / "scripts")
-    cmd = [str(BIN / "snakemake"), "-s", str(REPO / "Snakefile"), "-d", str(tmp_path), "--configfile",
-           str(tmp_path / "config.yaml"), "--cores", "4", "--resources", "gpu=1", "--workflow-profile", "none"]
-    env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}"}
+    cmd, env = snakemake_command(tmp_path)
     first = subprocess.Popen(cmd, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
     try:
         log = tmp_path / "results/logs/train_fold0.log"
