@@ -108,6 +108,9 @@ def test_checkpoint_reproduces_oof_and_tta(cache, trained):
     assert not np.allclose(tta, probs)
     with pytest.raises(ConfigError, match="tta"):
         predict_images(model, meta, images, tta="vflip", progress=False)
+    # on a CPU device, workers normalise the batches (loader.HostPreparation): the same scores
+    in_workers = predict_images(model, meta, images, tta="hflip", num_workers=2, progress=False)
+    assert np.array_equal(in_workers, tta)
 
 
 def test_same_seed_same_result_whatever_the_workers(cache, trained, tmp_path):

@@ -19,6 +19,7 @@ from .errors import ConfigError, DataError
 from .loader import (
     BatchPlan,
     CacheBatches,
+    HostPreparation,
     crops_per_image,
     make_loader,
     normalisation,
@@ -120,7 +121,8 @@ def predict_images(model: nn.Module, meta: dict, images: np.ndarray, *, batch_si
     most = crops_per_image(meta.get("crop_size"), images.shape[1]) if crops == "auto" else int(crops) ** 2
     per_batch = batch_size if plan_crops is None else max(1, batch_size // most)
     plan = BatchPlan(sequential_keys(np.arange(len(images)), per_batch))
-    loader = make_loader(CacheBatches(images, crops=plan_crops), plan, num_workers=num_workers, device=dev)
+    loader = make_loader(CacheBatches(images, crops=plan_crops), plan, num_workers=num_workers, device=dev,
+                         prepare=HostPreparation(mean, std, channels_last=channels_last))
     log_p, rows = predict_log_probs(model, loader, device=dev, mean=mean, std=std, precision=prec,
                                     channels_last=channels_last, tta=tta, total=len(plan),
                                     progress=progress)

@@ -69,6 +69,7 @@ class CacheBatches(Dataset):
         self.augmenter = augmenter if augmenter is not None and augmenter.active else None
         self.crops = crops
         self.synthetic = synthetic if synthetic is not None and synthetic.active else None
+        self.prepare: HostPreparation | None = None  # set by make_loader for CPU training with workers
 
     def __len__(self) -> int:
         return len(self.images)
@@ -97,7 +98,7 @@ class CacheBatches(Dataset):
             item["aug"] = {k: torch.from_numpy(v) for k, v in params.items()}
         item["images"] = torch.from_numpy(batch)
         item["target"] = torch.from_numpy(np.ascontiguousarray(target))
-        return item
+        return item if self.prepare is None else self.prepare(item)
 
     def __getstate__(self):
         state = self.__dict__.copy()
@@ -134,9 +135,34 @@ def sequential_keys(rows: np.ndarray, batch_size: int) -> list:
     return [(np.sort(rows[i:i + batch_size]), None) for i in range(0, len(rows), batch_size)]
 
 
+@dataclass
+class HostPreparation:
+    """`prepare_batch` run inside the loader workers, for a model on the CPU.
+
+    On a GPU the float conversion, augmentation and normalisation belong on the device (the
+    copy moves 1 byte per pixel). With the CPU as the device they would run in the main
+    process between steps, one batch at a time; in the workers they run in parallel with
+    each other and with the step, on the same operations (the same float results)."""
+
+    mean: torch.Tensor
+    std: torch.Tensor
+    augmenter: Augmenter | None = None
+    channels_last: bool = False
+
+    def __call__(self, item: dict) -> dict:
+        x, _ = prepare_batch(item, torch.device("cpu"), self.mean, self.std, augmenter=self.augmenter,
+                             channels_last=self.channels_last)
+        ready = {key: value for key, value in item.items() if key not in ("images", "aug")}
+        ready["x"] = x
+        return ready
+
+
 def make_loader(dataset: CacheBatches, plan: BatchPlan, *, num_workers: int,
-                device: torch.device) -> DataLoader:
-    """DataLoader over whole-batch keys: pinned memory on CUDA, persistent workers."""
+                device: torch.device, prepare: HostPreparation | None = None) -> DataLoader:
+    """DataLoader over whole-batch keys: pinned memory on CUDA, persistent workers.
+    With `prepare`, a CPU device and workers, the workers hand over ready float batches."""
+    if prepare is not None and device.type == "cpu" and num_workers > 0:
+        dataset.prepare = prepare
     return DataLoader(dataset, batch_size=None, sampler=plan, num_workers=num_workers,
                       pin_memory=device.type == "cuda", persistent_workers=num_workers > 0,
                       prefetch_factor=4 if num_workers > 0 else None)

@@ -36,6 +36,7 @@ from .loader import (
     BatchPlan,
     CacheBatches,
     CropPlan,
+    HostPreparation,
     crops_per_image,
     make_loader,
     normalisation,
@@ -441,9 +442,11 @@ def _train(run: FoldRun, resumed: FoldState | None) -> dict:
     train_plan, val_plan = BatchPlan(), BatchPlan(sequential_keys(run.val_rows, max(1, val_batch)))
     train_loader = make_loader(CacheBatches(run.images, run.targets, ctx.augmenter, crops=train_crops,
                                             synthetic=synthetic),
-                               train_plan, num_workers=cfg["num_workers"], device=run.device)
+                               train_plan, num_workers=cfg["num_workers"], device=run.device,
+                               prepare=HostPreparation(ctx.mean, ctx.std, ctx.augmenter, ctx.channels_last))
     val_loader = make_loader(CacheBatches(run.images, run.targets, crops=val_crops), val_plan,
-                             num_workers=cfg["num_workers"], device=run.device)
+                             num_workers=cfg["num_workers"], device=run.device,
+                             prepare=HostPreparation(ctx.mean, ctx.std, channels_last=ctx.channels_last))
     while state.epoch < cfg["epochs"] and not state.stopped:
         epoch_start = time.perf_counter()
         epoch = state.epoch  # 0-based index of this epoch
