@@ -32,6 +32,7 @@ def main() -> None:
     worker = distributed.started_by_torchrun()
     if devices > 1 and not worker:
         with gpu_slot(args.gpu_locks, device, count=devices):
+            resolve_device(device)  # a device error once, before the processes start
             sys.exit(distributed.launch(__file__, sys.argv[1:], nproc=devices, threads=args.threads))
     set_threads(distributed.threads_per_process(args.threads, devices))
     images, index = open_cache(args.cache_dir)
