@@ -1,5 +1,5 @@
-# train: one job per fold on one GPU (or the CPU); predict: each fold model scores the
-# official validation split and the test split.
+# train: one job per fold on train.devices GPUs (or the CPU); predict: each fold model scores
+# the official validation split and the test split, in one process.
 
 
 rule train:
@@ -20,9 +20,11 @@ rule train:
         fold=r"\d+",
     conda:
         "../envs/workflow.yaml"
-    threads: 4
+    # train.devices > 1: scripts/train.py starts that many processes (DistributedDataParallel), each
+    # with its GPU and an equal share of the threads (4 each, fewer if --cores is lower).
+    threads: 4 * config["train"]["devices"]
     resources:
-        gpu=1,
+        gpu=config["train"]["devices"],
     params:
         cfg=sections("seed", "model", "train"),
         cache_dir=folder_of("input.images"),

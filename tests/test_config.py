@@ -64,6 +64,8 @@ def test_words_for_booleans_and_null_in_string_typed_keys():
     ({"data": {"source": "url", "urls": [{"url": "ftp://x/a.tar", "sha256": "0" * 64}]}}, "'data.urls[0].url'"),
     ({"report": {"threshold_policy": "fixed"}}, "'report.threshold_value'"),
     ({"train": {"augment": {"rrc_scale": [1.0, 0.5]}}}, "'train.augment.rrc_scale'"),
+    ({"train": {"devices": 3, "batch_size": 32}}, "'train.batch_size': got 32, expected a multiple of train.devices"),
+    ({"train": {"devices": 4, "batch_size": 4}}, "with at least 2 images per device"),
 ])
 def test_bad_values_name_key_value_and_expectation(raw, needle):
     with pytest.raises(ConfigError) as err:

@@ -14,11 +14,12 @@ from deepfake_workflow.devices import (
     GPU_LOCKS_ENV,
     NvidiaProbe,
     acquire_gpu,
+    acquire_gpus,
     gpu_lock_dir,
     probe_nvidia,
     resolve_device,
 )
-from deepfake_workflow.errors import ConfigError
+from deepfake_workflow.errors import ConfigError, WorkflowError
 
 # Child: take a GPU out of `count`, report it, hold it until `release` exists.
 CHILD = """
@@ -111,6 +112,30 @@ def test_lock_sets_and_restores_visible_devices(tmp_path):
     with acquire_gpu(tmp_path, device_count=2, env=env) as gpu:
         assert gpu == 0 and env["CUDA_VISIBLE_DEVICES"] == "0"
     assert "CUDA_VISIBLE_DEVICES" not in env
+
+
+def test_a_fold_on_several_gpus_takes_that_many_locks(tmp_path):
+    """train.devices N: N distinct GPUs in CUDA_VISIBLE_DEVICES for the launcher and the processes it
+    starts; a job that cannot get all it wants holds none while it waits."""
+    ddp, other, single = {}, {}, {}
+    with acquire_gpus(tmp_path, 2, device_count=3, env=ddp) as gpus:
+        assert gpus == [0, 1] and ddp["CUDA_VISIBLE_DEVICES"] == "0,1"
+        with pytest.raises(WorkflowError, match="no free GPU: fewer than 2 of the 3 lock files"):
+            with acquire_gpus(tmp_path, 2, device_count=3, env=other, timeout_s=0.2, poll_s=0.05):
+                pass
+        with acquire_gpu(tmp_path, device_count=3, env=single) as gpu:  # the third GPU was left free
+            assert gpu == 2 and single["CUDA_VISIBLE_DEVICES"] == "2"
+    assert ddp == {} and other == {}
+    with acquire_gpus(tmp_path, 3, device_count=3, env=ddp) as gpus:
+        assert gpus == [0, 1, 2]
+    with pytest.raises(WorkflowError, match="train.devices: 4 GPUs wanted for one fold but this machine has 3"):
+        with acquire_gpus(tmp_path, 4, device_count=3, env={}):
+            pass
+    # the cluster chose the GPUs, or there are none (CPU processes): nothing to lock
+    for env, count in (({"CUDA_VISIBLE_DEVICES": "0,1"}, 3), ({}, 0)):
+        with acquire_gpus(tmp_path / "none", 2, device_count=count, env=env) as gpus:
+            assert gpus is None
+    assert not (tmp_path / "none").exists()
 
 
 def _start(tmp_path: Path, name: str, timeout: float, lock_dir: str | None = None,

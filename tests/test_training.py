@@ -69,25 +69,47 @@ def trained(cache, tmp_path_factory):
     return tmp, metrics
 
 
-def test_train_fold_writes_all_outputs(cache, trained):
-    tmp, metrics = trained
-    _, index, folds = cache
-    history, oof, best = outputs(tmp)
-    assert list(history.columns) == HISTORY_COLUMNS and list(history["epoch"]) == [1, 2]
+def check_fold_outputs(out_dir, folds, fold, *, epochs, image_size, model_name) -> dict:
+    """What a finished fold's training must have written to `out_dir`, whether one process or several
+    (tests/test_ddp.py) trained it; returns metrics.json."""
+    history = pd.read_csv(out_dir / "history.csv")
+    oof = pd.read_csv(out_dir / "oof.csv")
+    best = torch.load(out_dir / "best.pt", weights_only=True)
+    assert list(history.columns) == HISTORY_COLUMNS and list(history["epoch"]) == list(range(1, epochs + 1))
     assert history["images_per_s"].gt(0).all() and history["val_auc"].between(0, 1).all()
-    held = folds[folds["fold"] == 0]
+    held = folds[folds["fold"] == fold]
     assert list(oof.columns) == ["img_name", "target", "y_pred", "fold"]
-    assert sorted(oof["img_name"]) == sorted(held["img_name"]) and (oof["fold"] == 0).all()
+    assert sorted(oof["img_name"]) == sorted(held["img_name"]) and (oof["fold"] == fold).all()
     assert oof["y_pred"].between(0, 1).all()
     assert set(best) >= {"state_dict", "model_name", "num_classes", "mean", "std", "image_size",
                          "epoch", "val_auc"}
-    assert best["image_size"] == SIZE and best["model_name"] == "test_resnet"
-    saved = json.loads((tmp / "out" / "metrics.json").read_text())
-    assert saved == metrics
-    assert saved["best_epoch"] == int(history["val_auc"].idxmax()) + 1
+    assert best["image_size"] == image_size and best["model_name"] == model_name
+    saved = json.loads((out_dir / "metrics.json").read_text())
+    assert saved["best_epoch"] == best["epoch"] == int(history["val_auc"].idxmax()) + 1
     assert saved["best_val_auc"] == pytest.approx(history["val_auc"].max())
-    assert saved["epochs_run"] == 2 and saved["device"] == "cpu" and saved["precision"] == "fp32"
+    assert saved["epochs_run"] == epochs and saved["device"] == "cpu" and saved["precision"] == "fp32"
     assert saved["n_params"] > 0 and saved["images_per_s"] > 0
+    return saved
+
+
+def check_checkpoint_reproduces_oof(out_dir, images, index) -> np.ndarray:
+    """best.pt scores the held-out images as oof.csv says (each score with its own image); returns
+    its probabilities for every cached image."""
+    model, meta = load_checkpoint(out_dir / "best.pt")
+    oof = pd.read_csv(out_dir / "oof.csv")
+    rows = index.reset_index().set_index("img_name").loc[oof["img_name"], "index"].to_numpy()
+    probs = predict_images(model, meta, images, batch_size=16, progress=False)
+    assert probs.shape == (len(images),) and probs.dtype == np.float64
+    assert ((probs >= 0) & (probs <= 1)).all()
+    np.testing.assert_allclose(probs[rows], oof["y_pred"].to_numpy(), atol=1e-5)
+    return probs
+
+
+def test_train_fold_writes_all_outputs(cache, trained):
+    tmp, metrics = trained
+    _, index, folds = cache
+    saved = check_fold_outputs(tmp / "out", folds, 0, epochs=2, image_size=SIZE, model_name="test_resnet")
+    assert saved == metrics
     assert not (tmp / "state" / "last.pt").exists()  # resume state is removed after success
 
 
@@ -95,12 +117,7 @@ def test_checkpoint_reproduces_oof_and_tta(cache, trained):
     images, index, _ = cache
     tmp, _ = trained
     model, meta = load_checkpoint(tmp / "out" / "best.pt")
-    _, oof, _ = outputs(tmp)
-    rows = index.reset_index().set_index("img_name").loc[oof["img_name"], "index"].to_numpy()
-    probs = predict_images(model, meta, images, batch_size=16, progress=False)
-    assert probs.shape == (N,) and probs.dtype == np.float64
-    assert ((probs >= 0) & (probs <= 1)).all()
-    np.testing.assert_allclose(probs[rows], oof["y_pred"].to_numpy(), atol=1e-5)
+    probs = check_checkpoint_reproduces_oof(tmp / "out", images, index)
     # hflip TTA = mean probability of the image and its mirror
     tta = predict_images(model, meta, images, tta="hflip", progress=False)
     mirrored = predict_images(model, meta, np.ascontiguousarray(images[:, :, ::-1]), progress=False)

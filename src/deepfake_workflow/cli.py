@@ -140,15 +140,16 @@ def set_threads(n: int | None) -> None:
 
 
 @contextlib.contextmanager
-def gpu_slot(lock_dir, device: str):
-    """One GPU for this job on a multi-GPU machine (a no-op on CPU, or when the cluster chose).
+def gpu_slot(lock_dir, device: str, count: int = 1):
+    """`count` GPUs for this job on a multi-GPU machine (a no-op on CPU, or when the cluster chose);
+    processes the job starts inherit them through CUDA_VISIBLE_DEVICES.
 
     Without `lock_dir` the machine-wide folder (devices.gpu_lock_dir) is used.
     """
     if device == "cpu":
         yield None
         return
-    from .devices import acquire_gpu, gpu_lock_dir
+    from .devices import acquire_gpus, gpu_lock_dir
 
-    with acquire_gpu(lock_dir or gpu_lock_dir()) as index:
-        yield index
+    with acquire_gpus(lock_dir or gpu_lock_dir(), count) as indices:
+        yield indices

@@ -255,6 +255,11 @@ def _check_cross_field(config: dict) -> None:
     qlo, qhi = config["train"]["augment"]["jpeg_quality"]
     if qlo > qhi:
         raise ConfigError(f"config key 'train.augment.jpeg_quality': got [{qlo}, {qhi}], expected min <= max")
+    train = config["train"]
+    if train["batch_size"] % train["devices"] or train["batch_size"] // train["devices"] < 2:
+        raise ConfigError(f"config key 'train.batch_size': got {train['batch_size']}, expected a multiple of "
+                          f"train.devices ({train['devices']}) with at least 2 images per device (the global "
+                          f"batch is shared by the devices; batch norm needs 2)")
     report = config["report"]
     if report["threshold_policy"] in ("fpr", "fixed") and report["threshold_value"] is None:
         raise ConfigError(f"config key 'report.threshold_value': threshold_policy "

@@ -1,9 +1,10 @@
-"""Device choice, and one GPU per process when several jobs share a multi-GPU box.
+"""Device choice, and GPUs per job when several jobs share a multi-GPU box.
 
 Snakemake counts `gpu` resources but does not say which GPU a job should use. A job
-takes the first device whose lock file it can lock exclusively and restricts itself to
-that device through CUDA_VISIBLE_DEVICES, which must happen before CUDA is initialised.
-Cluster executors (SLURM) set CUDA_VISIBLE_DEVICES themselves; then nothing is done.
+takes the first devices whose lock files it can lock exclusively (one, or train.devices for a
+fold trained on several GPUs) and restricts itself, and the processes it starts, to them
+through CUDA_VISIBLE_DEVICES, which must happen before CUDA is initialised. Cluster executors
+(SLURM) set CUDA_VISIBLE_DEVICES themselves; then nothing is done.
 """
 from __future__ import annotations
 
@@ -142,25 +143,29 @@ def _try_lock(path: Path):
 
 
 @contextlib.contextmanager
-def acquire_gpu(lock_dir: str | os.PathLike, *, device_count: int | None = None,
-                timeout_s: float | None = None, poll_s: float = 1.0,
-                env: MutableMapping[str, str] | None = None) -> Iterator[int | None]:
-    """Hold an exclusive lock on one GPU and set CUDA_VISIBLE_DEVICES to it.
+def acquire_gpus(lock_dir: str | os.PathLike, count: int = 1, *, device_count: int | None = None,
+                 timeout_s: float | None = None, poll_s: float = 1.0,
+                 env: MutableMapping[str, str] | None = None) -> Iterator[list[int] | None]:
+    """Hold exclusive locks on `count` GPUs and set CUDA_VISIBLE_DEVICES to them ("2,3").
 
-    Yields the GPU index, or None when nothing had to be done (CUDA_VISIBLE_DEVICES
-    already set, or fewer than two GPUs). Waits while all GPUs are taken; after
-    `timeout_s` seconds (None = forever) raises WorkflowError. The lock is released
-    (and the variable restored) on exit; a killed process releases it too.
-    `device_count` overrides GPU discovery (tests, unusual setups).
+    Yields the GPU indices, or None when nothing had to be done (CUDA_VISIBLE_DEVICES already
+    set, e.g. by SLURM; no GPU; one GPU wanted on a one-GPU machine). A machine with fewer than
+    `count` GPUs is a WorkflowError. Waits while too few GPUs are free, holding none meanwhile (two
+    jobs that each hold one of the two GPUs they want would wait forever); after `timeout_s`
+    seconds (None = forever) raises WorkflowError. The locks are released (and the variable
+    restored) on exit; a killed process releases them too. `device_count` overrides GPU discovery
+    (tests, unusual setups).
     """
     env = os.environ if env is None else env
     if env.get("CUDA_VISIBLE_DEVICES") is not None:
         yield None
         return
-    count = visible_gpu_count() if device_count is None else device_count
-    if count <= 1:
+    total = visible_gpu_count() if device_count is None else device_count
+    if total == 0 or (total == 1 and count == 1):
         yield None
         return
+    if total < count:
+        raise WorkflowError(f"train.devices: {count} GPUs wanted for one fold but this machine has {total}")
     if torch.cuda.is_initialized():
         logger.warning("CUDA is already initialised; CUDA_VISIBLE_DEVICES set now has no effect")
     lock_dir = Path(lock_dir)
@@ -168,24 +173,39 @@ def acquire_gpu(lock_dir: str | os.PathLike, *, device_count: int | None = None,
     deadline = None if timeout_s is None else time.monotonic() + timeout_s
     announced = False
     while True:
-        for index in range(count):
+        held = {}
+        for index in range(total):
             handle = _try_lock(lock_dir / f"gpu{index}.lock")
             if handle is not None:
-                break
-        else:
-            if deadline is not None and time.monotonic() >= deadline:
-                raise WorkflowError(f"no free GPU: all {count} lock files in {lock_dir} are held "
-                                    f"by other jobs after {timeout_s:g} s")
-            if not announced:
-                logger.info("all %d GPUs are busy (locks in %s); waiting", count, lock_dir)
-                announced = True
-            time.sleep(poll_s)
-            continue
-        break
-    env["CUDA_VISIBLE_DEVICES"] = str(index)
+                held[index] = handle
+                if len(held) == count:
+                    break
+        if len(held) == count:
+            break
+        _release(held.values())
+        if deadline is not None and time.monotonic() >= deadline:
+            raise WorkflowError(f"no free GPU: fewer than {count} of the {total} lock files in {lock_dir} "
+                                f"are free (held by other jobs) after {timeout_s:g} s")
+        if not announced:
+            logger.info("waiting for %d free GPU(s) of %d (locks in %s)", count, total, lock_dir)
+            announced = True
+        time.sleep(poll_s)
+    env["CUDA_VISIBLE_DEVICES"] = ",".join(map(str, held))
     try:
-        yield index
+        yield list(held)
     finally:
         env.pop("CUDA_VISIBLE_DEVICES", None)
+        _release(held.values())
+
+
+def _release(handles) -> None:
+    for handle in handles:
         fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
         handle.close()
+
+
+@contextlib.contextmanager
+def acquire_gpu(lock_dir: str | os.PathLike, **kwargs) -> Iterator[int | None]:
+    """acquire_gpus for one GPU: yields its index, or None when nothing had to be done."""
+    with acquire_gpus(lock_dir, 1, **kwargs) as indices:
+        yield None if indices is None else indices[0]

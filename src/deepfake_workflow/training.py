@@ -4,6 +4,9 @@ Randomness is derived per epoch from (seed, fold, epoch): the shuffle, every bat
 augmentation seed and the torch RNG (dropout, drop-path) are re-seeded at the start of
 each epoch. A run resumed from `last.pt` therefore continues exactly as an
 uninterrupted run would, and the number of loader workers does not change results.
+
+With train.devices > 1 the fold trains in that many processes (distributed.py): each takes its
+share of every batch of the same plan (rank_keys) and draws from seeds that also depend on its rank.
 """
 from __future__ import annotations
 
@@ -24,12 +27,14 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from . import distributed
 from .atomic import write_csv, write_json
 from .augment import Augmenter
 from .checkpoint import FoldState, cpu_state, load_resume_state, save_checkpoint, save_resume_state
 from .config import section_defaults, validate_section
 from .crops import check_crop_size, picture_boxes
 from .devices import resolve_device
+from .distributed import Ranks
 from .errors import ConfigError, DataError
 from .inference import autocast, grad_scaler, predict_log_probs, resolve_precision
 from .loader import (
@@ -129,6 +134,18 @@ def epoch_keys(train_rows: np.ndarray, batch_size: int, *, seed: int, fold: int,
     return keys
 
 
+def rank_keys(keys: list, ranks: Ranks) -> list:
+    """This process's share of every batch of the epoch's plan (`keys`, the same on every process):
+    rows rank, rank + world, ... of each batch, so the shares of one batch are disjoint, the same
+    size when world divides the batch, and together the batch itself. train.batch_size is thus
+    the global batch of one optimisation step, whatever train.devices. Each share draws its random
+    numbers from its own seed (derived from the batch's); one process keeps `keys` as they are."""
+    if ranks.world == 1:
+        return keys
+    return [(rows[ranks.rank::ranks.world], None if seed is None else derive_seed(seed, ranks.rank))
+            for rows, seed in keys]
+
+
 # ----------------------------------------------------------------------------- steps
 
 @dataclass
@@ -147,19 +164,22 @@ class StepContext:
     augmenter: Augmenter | None
     scaler: torch.amp.GradScaler | None = None  # None: a pass-through (not fp16)
     grad_clip: float | None = None
-    forward: Callable | None = None  # the model, or its torch.compile'd forward
+    net: nn.Module | None = None  # what a training step runs: the model, or its DistributedDataParallel wrapper
+    forward: Callable | None = None  # `net`, or its torch.compile'd forward
     compile_proven: bool = False  # the compiled forward and backward have run once
     global_step: int = 0
 
     def __post_init__(self):
         if self.scaler is None:
             self.scaler = grad_scaler(self.device, "fp32")
+        if self.net is None:
+            self.net = self.model
         if self.forward is None:
-            self.forward = self.model
+            self.forward = self.net
 
     @property
     def compiled(self) -> bool:
-        return self.forward is not self.model
+        return self.forward is not self.net
 
     @property
     def eval_model(self) -> nn.Module:
@@ -198,12 +218,13 @@ def make_step_context(model: nn.Module, cfg: dict, device: torch.device, steps_p
     norm = data_config(model)
     mean, std = normalisation(norm["mean"], norm["std"], device)
     augmenter = Augmenter(cfg["augment"])
+    net = distributed.data_parallel(model, device)
     return StepContext(model=model, optimizer=optimizer, scheduler=scheduler, ema=ema,
                        criterion=nn.CrossEntropyLoss(label_smoothing=cfg["label_smoothing"]),
                        device=device, precision=precision, channels_last=channels_last,
                        mean=mean, std=std, augmenter=augmenter if augmenter.active else None,
-                       scaler=grad_scaler(device, precision), grad_clip=cfg["grad_clip"],
-                       forward=compile_forward(model) if cfg["compile"] else model)
+                       scaler=grad_scaler(device, precision), grad_clip=cfg["grad_clip"], net=net,
+                       forward=compile_forward(net) if cfg["compile"] else net)
 
 
 def compile_forward(model: nn.Module) -> Callable:
@@ -248,7 +269,7 @@ def training_step(ctx: StepContext, x: torch.Tensor, y: torch.Tensor) -> tuple[t
         if ctx.compile_proven:
             raise
         _compile_failed(exc)
-        ctx.forward = ctx.model
+        ctx.forward = ctx.net
         return _forward_backward_step(ctx, x, y)
     ctx.compile_proven = True
     return result
@@ -257,7 +278,7 @@ def training_step(ctx: StepContext, x: torch.Tensor, y: torch.Tensor) -> tuple[t
 def train_one_epoch(ctx: StepContext, batches: Iterable, *, total: int | None = None,
                     progress: bool = False, desc: str = "train") -> dict:
     """One pass over `batches` (loader batches, or dicts with a ready `x` tensor).
-    Returns loss, accuracy, images seen, seconds and the last learning rate."""
+    Returns loss, accuracy, images seen (by all processes), seconds and the last learning rate."""
     ctx.model.train()
     loss_sum = torch.zeros((), device=ctx.device, dtype=torch.float64)
     correct = torch.zeros((), device=ctx.device, dtype=torch.int64)
@@ -279,21 +300,32 @@ def train_one_epoch(ctx: StepContext, batches: Iterable, *, total: int | None = 
         seen += len(y)
         if progress and step % 10 == 0:
             bar.set_postfix(loss=f"{loss_sum.item() / seen:.4f}", lr=f"{lr:.2e}")
-    mean_loss, accuracy = (loss_sum.item() / seen, correct.item() / seen) if seen else (float("nan"),) * 2
+    totals = distributed.all_sum(torch.stack([loss_sum, correct.double(),
+                                              torch.tensor(seen, dtype=torch.float64, device=ctx.device)]))
+    loss_total, correct_total, seen = totals.tolist()
+    seen = int(seen)
+    mean_loss, accuracy = (loss_total / seen, correct_total / seen) if seen else (float("nan"),) * 2
     if ctx.device.type == "cuda":
         torch.cuda.synchronize(ctx.device)
     return {"loss": mean_loss, "acc": accuracy, "images": seen,
             "seconds": time.perf_counter() - start, "lr": lr}
 
 
-def evaluate(ctx: StepContext, loader, plan_len: int, targets: np.ndarray, *, progress: bool) -> dict:
-    """Loss, accuracy and ROC AUC of the evaluation model on the held-out batches."""
+def evaluate(ctx: StepContext, loader, plan_len: int, targets: np.ndarray, *, progress: bool) -> dict | None:
+    """Loss, accuracy and ROC AUC of the evaluation model on the held-out batches. With several
+    processes, each scores its share of the batches and rank 0 gets all scores and computes the
+    metrics once (the others get None)."""
     from sklearn.metrics import roc_auc_score
 
+    distributed.share_buffers(ctx.eval_model)
     log_p, rows = predict_log_probs(ctx.eval_model, loader, device=ctx.device, mean=ctx.mean,
                                     std=ctx.std, precision=ctx.precision,
                                     channels_last=ctx.channels_last, total=plan_len,
                                     progress=progress, desc="validate")
+    shares = distributed.gather_to_main((log_p, rows))
+    if shares is None:
+        return None
+    log_p, rows = np.concatenate([s[0] for s in shares]), np.concatenate([s[1] for s in shares])
     y = targets[rows]
     loss = float(-log_p[np.arange(len(y)), y].mean())
     acc = float((log_p.argmax(1) == y).mean())
@@ -337,6 +369,7 @@ class FoldRun:
     progress: bool
     on_epoch_end: Callable[[dict], None] | None
     checkpoint_meta: dict  # stored in best.pt: resize, crop_size and the caller's values
+    ranks: Ranks = Ranks()  # this process among those training the fold (train.devices)
 
 
 def train_fold(*, images: np.ndarray, index: pd.DataFrame, folds: pd.DataFrame, fold: int,
@@ -353,6 +386,11 @@ def train_fold(*, images: np.ndarray, index: pd.DataFrame, folds: pd.DataFrame, 
     the same configuration, which resumes from the next epoch; it is deleted once the
     outputs are written. `on_epoch_end(history_row)` is called after each epoch's state
     is saved. Returns the fold metrics (also in metrics.json).
+
+    With train.devices N > 1 this runs in each of N processes of a process group (see
+    distributed.py; scripts/train.py starts them): rank 0 alone writes the files above, logs
+    progress and calls `on_epoch_end`; every process resumes from rank 0's last.pt and returns
+    the metrics.
     """
     cfg = resolve_train_cfg(train_cfg)
     if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
@@ -363,8 +401,14 @@ def train_fold(*, images: np.ndarray, index: pd.DataFrame, folds: pd.DataFrame, 
         raise DataError(f"images.npy: expected uint8 (N,S,S,3), got {images.dtype} {images.shape}")
     if len(index) != len(images):
         raise DataError(f"index.csv has {len(index)} rows but images.npy holds {len(images)} images")
+    ranks = distributed.current()
+    if cfg["devices"] != ranks.world:
+        raise ConfigError(f"train.devices is {cfg['devices']} but {ranks.world} process(es) train this fold: "
+                          f"run scripts/train.py, which starts train.devices processes with torchrun")
     train_rows, val_rows, targets = select_fold_rows(index, folds, fold)
     device = resolve_device(cfg["device"])
+    if ranks.world > 1 and device.type == "cuda":
+        device = torch.device("cuda", torch.cuda.current_device())  # this process's GPU (process_group)
     if cfg["crop_size"] is not None:
         check_crop_size(cfg["crop_size"], images.shape[1])
     run = FoldRun(images=images, index=index, fold=fold, seed=seed, model_cfg=model_cfg, cfg=cfg,
@@ -372,9 +416,13 @@ def train_fold(*, images: np.ndarray, index: pd.DataFrame, folds: pd.DataFrame, 
                   fingerprint=fingerprint(model_cfg, cfg, seed, fold, images.shape, train_rows, val_rows,
                                           targets, resize),
                   train_rows=train_rows, val_rows=val_rows, targets=targets, device=device,
-                  progress=progress, on_epoch_end=on_epoch_end,
-                  checkpoint_meta={"resize": resize, "crop_size": cfg["crop_size"], **(checkpoint_meta or {})})
+                  progress=progress and ranks.main, on_epoch_end=on_epoch_end,
+                  checkpoint_meta={"resize": resize, "crop_size": cfg["crop_size"], **(checkpoint_meta or {})},
+                  ranks=ranks)
     resumed = load_resume_state(run.resume_path, run.fingerprint)
+    if distributed.from_main(_epoch_of(resumed)) != _epoch_of(resumed):  # one state for all processes
+        raise DataError(f"{run.resume_path}: the processes read different resume states "
+                        f"(rank {ranks.rank}: epoch {_epoch_of(resumed)}); delete it to start the fold afresh")
 
     previous_determinism = torch.are_deterministic_algorithms_enabled()
     if device.type == "cpu":
@@ -387,6 +435,15 @@ def train_fold(*, images: np.ndarray, index: pd.DataFrame, folds: pd.DataFrame, 
         torch.use_deterministic_algorithms(previous_determinism)
 
 
+def _epoch_of(state: FoldState | None) -> int:
+    return 0 if state is None else state.epoch
+
+
+def _epoch_seed(seed: int, fold: int, epoch: int, ranks: Ranks) -> int:
+    """The torch seed of an epoch (dropout, drop-path): each process its own masks."""
+    return derive_seed(seed, fold, epoch, 3, *([ranks.rank] if ranks.world > 1 else []))
+
+
 def _with_training_states(state: FoldState, ctx: StepContext) -> FoldState:
     """`state` plus the model, optimizer, schedule, EMA and RNG states: what last.pt stores."""
     return replace(state, model=cpu_state(ctx.model), optimizer=ctx.optimizer.state_dict(),
@@ -394,7 +451,8 @@ def _with_training_states(state: FoldState, ctx: StepContext) -> FoldState:
                    ema=cpu_state(ctx.ema.module) if ctx.ema is not None else None,
                    scaler=ctx.scaler.state_dict() if ctx.scaler.is_enabled() else None,
                    global_step=ctx.global_step, rng_torch=torch.get_rng_state(),
-                   rng_cuda=torch.cuda.get_rng_state_all() if ctx.device.type == "cuda" else [])
+                   # this process's GPU only: the _all variants would open a context on every visible GPU
+                   rng_cuda=[torch.cuda.get_rng_state(ctx.device)] if ctx.device.type == "cuda" else [])
 
 
 def _restore_training_states(ctx: StepContext, state: FoldState) -> None:
@@ -409,13 +467,13 @@ def _restore_training_states(ctx: StepContext, state: FoldState) -> None:
     # (each epoch re-seeds anyway; restored so nothing depends on that)
     torch.set_rng_state(state.rng_torch)
     if ctx.device.type == "cuda" and state.rng_cuda:
-        torch.cuda.set_rng_state_all(state.rng_cuda)
+        torch.cuda.set_rng_state(state.rng_cuda[0], ctx.device)
 
 
 def _train(run: FoldRun, resumed: FoldState | None) -> dict:
     """Epochs from where `resumed` stopped (None: from the start) to the end or an early stop;
     last.pt after each, the outputs at the end."""
-    cfg, fold, seed = run.cfg, run.fold, run.seed
+    cfg, fold, seed, ranks = run.cfg, run.fold, run.seed, run.ranks
     torch.manual_seed(derive_seed(seed, fold, 0, 0))  # head / random init
     model = create_model(run.model_cfg["name"], run.model_cfg.get("pretrained", False), num_classes=NUM_CLASSES)
     norm = data_config(model)
@@ -429,6 +487,11 @@ def _train(run: FoldRun, resumed: FoldState | None) -> dict:
     if resumed is not None:
         _restore_training_states(ctx, resumed)
         logger.info("fold %d: resuming after epoch %d from %s", fold, state.epoch, run.resume_path)
+    if ranks.world > 1:
+        logger.info("fold %d: DistributedDataParallel over %d processes (%s, %s), each %d images of every "
+                    "batch of %d, %d CPU threads each", fold, ranks.world, run.device.type,
+                    torch.distributed.get_backend(), cfg["batch_size"] // ranks.world, cfg["batch_size"],
+                    torch.get_num_threads())
 
     image_size = run.images.shape[1]
     synthetic = SyntheticFakes(cfg["synthetic_fakes"])
@@ -439,7 +502,9 @@ def _train(run: FoldRun, resumed: FoldState | None) -> dict:
         val_crops = CropPlan(size=cfg["crop_size"], boxes=boxes)  # covering each picture, as predict's auto
     random_draws = ctx.augmenter is not None or train_crops is not None or synthetic.active
     val_batch = cfg["batch_size"] // crops_per_image(cfg["crop_size"], image_size)
-    train_plan, val_plan = BatchPlan(), BatchPlan(sequential_keys(run.val_rows, max(1, val_batch)))
+    # the held-out batches are shared out whole, every world-th one to each process
+    val_keys = sequential_keys(run.val_rows, max(1, val_batch))[ranks.rank::ranks.world]
+    train_plan, val_plan = BatchPlan(), BatchPlan(val_keys)
     train_loader = make_loader(CacheBatches(run.images, run.targets, ctx.augmenter, crops=train_crops,
                                             synthetic=synthetic),
                                train_plan, num_workers=cfg["num_workers"], device=run.device,
@@ -450,48 +515,64 @@ def _train(run: FoldRun, resumed: FoldState | None) -> dict:
     while state.epoch < cfg["epochs"] and not state.stopped:
         epoch_start = time.perf_counter()
         epoch = state.epoch  # 0-based index of this epoch
-        torch.manual_seed(derive_seed(seed, fold, epoch, 3))  # dropout / drop-path
-        train_plan.keys = epoch_keys(run.train_rows, cfg["batch_size"], seed=seed, fold=fold, epoch=epoch,
-                                     max_batches=cfg["max_train_batches"], augment=random_draws)
+        torch.manual_seed(_epoch_seed(seed, fold, epoch, ranks))  # dropout / drop-path
+        plan = epoch_keys(run.train_rows, cfg["batch_size"], seed=seed, fold=fold, epoch=epoch,
+                          max_batches=cfg["max_train_batches"], augment=random_draws)
+        train_plan.keys = rank_keys(plan, ranks)
+        if not all(len(rows) for rows, _ in train_plan.keys):
+            raise DataError(f"fold {fold}: {len(run.train_rows)} training images cannot give each of "
+                            f"train.devices ({ranks.world}) processes a share of every batch")
         tr = train_one_epoch(ctx, train_loader, total=len(train_plan), progress=run.progress,
                              desc=f"fold {fold} epoch {epoch + 1}/{cfg['epochs']}")
         # held-out evaluation every `eval_every` epochs and always after the last one
         evaluated = (epoch + 1) % cfg["eval_every"] == 0 or epoch + 1 == cfg["epochs"]
         va = evaluate(ctx, val_loader, len(val_plan), run.targets, progress=run.progress) if evaluated else None
         state.epoch += 1
-        state.train_seconds += tr["seconds"]
-        state.train_images += tr["images"]
-        nan = float("nan")
-        row = {"epoch": state.epoch, "train_loss": tr["loss"], "train_acc": tr["acc"],
-               "val_loss": va["loss"] if va else nan, "val_acc": va["acc"] if va else nan,
-               "val_auc": va["auc"] if va else nan, "lr": tr["lr"],
-               "images_per_s": tr["images"] / tr["seconds"] if tr["seconds"] > 0 else nan,
-               "epoch_seconds": time.perf_counter() - epoch_start}
-        state.history.append(row)
-        if va is not None:
-            # model selection on AUC; on a one-class held-out fold (AUC undefined) on loss
-            score = va["auc"] if not math.isnan(va["auc"]) else -va["loss"]
-            if score > state.best["score"]:
-                prob = va["prob"][np.argsort(va["rows"], kind="stable")]  # in val_rows (sorted) order
-                state.best = {"epoch": state.epoch, "score": score, "val_auc": va["auc"],
-                              "state_dict": cpu_state(ctx.eval_model), "prob": torch.from_numpy(prob)}
-                state.since_best = 0
-            else:
-                state.since_best += 1
-        patience = cfg["early_stopping_patience"]
-        state.stopped = patience > 0 and state.since_best >= patience
-        if run.progress:
-            held_out = (f"val_loss {row['val_loss']:.4f} val_auc {row['val_auc']:.4f}" if va
-                        else "(not evaluated this epoch)")
-            logger.info("fold %d epoch %d: train_loss %.4f %s (%.1f img/s)%s", fold, state.epoch,
-                        row["train_loss"], held_out, row["images_per_s"], "; early stop" if state.stopped else "")
-        save_resume_state(run.resume_path, run.fingerprint, _with_training_states(state, ctx))
-        if run.on_epoch_end is not None:
-            run.on_epoch_end(row)
+        if ranks.main:
+            _end_epoch(run, state, ctx, tr, va, epoch_start)
+        state.stopped = distributed.from_main(state.stopped)
 
-    metrics = _write_outputs(run, state, norm=norm, n_params=n_params, precision=ctx.precision)
-    run.resume_path.unlink(missing_ok=True)
-    return metrics
+    metrics = None
+    if ranks.main:
+        metrics = _write_outputs(run, state, norm=norm, n_params=n_params, precision=ctx.precision)
+        run.resume_path.unlink(missing_ok=True)
+    return distributed.from_main(metrics)
+
+
+def _end_epoch(run: FoldRun, state: FoldState, ctx: StepContext, tr: dict, va: dict | None,
+               epoch_start: float) -> None:
+    """Rank 0's bookkeeping of a finished epoch (`state.epoch` done): history row, model selection,
+    early stopping, progress line, last.pt and the caller's callback."""
+    cfg, fold = run.cfg, run.fold
+    state.train_seconds += tr["seconds"]
+    state.train_images += tr["images"]
+    nan = float("nan")
+    row = {"epoch": state.epoch, "train_loss": tr["loss"], "train_acc": tr["acc"],
+           "val_loss": va["loss"] if va else nan, "val_acc": va["acc"] if va else nan,
+           "val_auc": va["auc"] if va else nan, "lr": tr["lr"],
+           "images_per_s": tr["images"] / tr["seconds"] if tr["seconds"] > 0 else nan,
+           "epoch_seconds": time.perf_counter() - epoch_start}
+    state.history.append(row)
+    if va is not None:
+        # model selection on AUC; on a one-class held-out fold (AUC undefined) on loss
+        score = va["auc"] if not math.isnan(va["auc"]) else -va["loss"]
+        if score > state.best["score"]:
+            prob = va["prob"][np.argsort(va["rows"], kind="stable")]  # in val_rows (sorted) order
+            state.best = {"epoch": state.epoch, "score": score, "val_auc": va["auc"],
+                          "state_dict": cpu_state(ctx.eval_model), "prob": torch.from_numpy(prob)}
+            state.since_best = 0
+        else:
+            state.since_best += 1
+    patience = cfg["early_stopping_patience"]
+    state.stopped = patience > 0 and state.since_best >= patience
+    if run.progress:
+        held_out = (f"val_loss {row['val_loss']:.4f} val_auc {row['val_auc']:.4f}" if va
+                    else "(not evaluated this epoch)")
+        logger.info("fold %d epoch %d: train_loss %.4f %s (%.1f img/s)%s", fold, state.epoch,
+                    row["train_loss"], held_out, row["images_per_s"], "; early stop" if state.stopped else "")
+    save_resume_state(run.resume_path, run.fingerprint, _with_training_states(state, ctx))
+    if run.on_epoch_end is not None:
+        run.on_epoch_end(row)
 
 
 def _write_outputs(run: FoldRun, state: FoldState, *, norm: dict, n_params: int, precision: str) -> dict:
@@ -518,4 +599,5 @@ def _write_outputs(run: FoldRun, state: FoldState, *, norm: dict, n_params: int,
     # NaN is not JSON: an undefined AUC (one-class held-out fold) is written as null
     write_json(out_dir / "metrics.json", {k: None if isinstance(v, float) and math.isnan(v) else v
                                           for k, v in metrics.items()})
+    logger.info("fold %d: saved best.pt, history.csv, oof.csv and metrics.json in %s", run.fold, out_dir)
     return metrics
