@@ -13,6 +13,7 @@ rule report:
         val_predictions=expand(rules.predict.output[0], fold=FOLDS, split="val"),
         val_images=one(rules.build_cache.output.images, split="val"),
         val_index=one(rules.build_cache.output.index, split="val"),
+        code=code("report"),
     output:
         metrics=f"{R}/reports/metrics.json",
         provenance=f"{R}/reports/provenance.json",
