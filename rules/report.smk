@@ -1,4 +1,5 @@
-# report: metrics.json (DVC metrics), plots, provenance.json and one self-contained HTML report.
+# report: metrics.json, headline.json (DVC metrics: the few numbers that rank a run), plots,
+# provenance.json and one self-contained HTML report.
 # Report settings only re-run this rule, never training. The rule passes the whole config: the
 # report reads report.* and submit.strategy, and provenance.json records the sha256 of all of it
 # (the effective config), so any config change re-runs this rule and the hash is never stale.
@@ -16,6 +17,7 @@ rule report:
         code=code("report"),
     output:
         metrics=f"{R}/reports/metrics.json",
+        headline=f"{R}/reports/headline.json",
         provenance=f"{R}/reports/provenance.json",
         html=report(f"{R}/reports/report.html", caption="../report/html.rst", category="Report"),
         table=report(f"{R}/reports/metrics_table.csv", caption="../report/table.rst", category="Report"),
