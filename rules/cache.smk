@@ -4,6 +4,7 @@
 rule build_cache:
     input:
         manifest=lambda w: split_manifest(w.split),
+        code=code("build_cache"),
     output:
         images=f"{R}/cache/{{split}}/images.npy",
         index=f"{R}/cache/{{split}}/index.csv",

@@ -11,6 +11,7 @@ from pathlib import Path as _Path
 import deepfake_workflow.command as dw_command
 import deepfake_workflow.config as dw_config
 import deepfake_workflow.layout as dw_layout
+import deepfake_workflow.sources as dw_sources
 
 # The config with command-line values on top (Snakemake hands `--config` keys over before the
 # config file's sections; expand_dotted_keys lets `section__key` win whatever the order),
@@ -59,6 +60,19 @@ def folder_of(ref):
         return str(_Path(getattr({"input": input, "output": output}[kind], name)).parent)
 
     return get
+
+
+def code(program):
+    """The stage program and the library modules it imports (transitively), as inputs: editing one
+    re-runs the rules that run it, and what reads their outputs (dvc.yaml lists the same files as
+    deps). Modules are named where Python imports them from, relative to the working directory
+    when they lie inside it."""
+    script = f"scripts/{program}.py"
+    here = _Path.cwd()
+    return [script] + [
+        str(m.relative_to(here)) if m.is_relative_to(here) else str(m)
+        for m in dw_sources.imported_modules(_Path(workflow.basedir, script))
+    ]
 
 
 def label_files(wildcards=None):

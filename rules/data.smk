@@ -6,6 +6,7 @@
 rule fetch_data:
     input:
         label_files,
+        code=code("fetch_data"),
     output:
         manifest=f"{R}/data/dataset.json",
         raw=[] if LOCAL else directory(RAW_ROOT),
@@ -29,6 +30,7 @@ rule fetch_data:
 rule check_split:
     input:
         split_source,
+        code=code("check_split"),
     output:
         f"{R}/data/splits/{{split}}.json",
     log:

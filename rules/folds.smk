@@ -5,6 +5,7 @@
 rule make_folds:
     input:
         manifest=split_manifest("train"),
+        code=code("make_folds"),
     output:
         f"{R}/folds.csv",
     log:

@@ -1,4 +1,5 @@
-# report: metrics.json (DVC metrics), plots, provenance.json and one self-contained HTML report.
+# report: metrics.json, headline.json (DVC metrics: the few numbers that rank a run), plots,
+# provenance.json and one self-contained HTML report.
 # Report settings only re-run this rule, never training. The rule passes the whole config: the
 # report reads report.* and submit.strategy, and provenance.json records the sha256 of all of it
 # (the effective config), so any config change re-runs this rule and the hash is never stale.
@@ -13,8 +14,10 @@ rule report:
         val_predictions=expand(rules.predict.output[0], fold=FOLDS, split="val"),
         val_images=one(rules.build_cache.output.images, split="val"),
         val_index=one(rules.build_cache.output.index, split="val"),
+        code=code("report"),
     output:
         metrics=f"{R}/reports/metrics.json",
+        headline=f"{R}/reports/headline.json",
         provenance=f"{R}/reports/provenance.json",
         html=report(f"{R}/reports/report.html", caption="../report/html.rst", category="Report"),
         table=report(f"{R}/reports/metrics_table.csv", caption="../report/table.rst", category="Report"),

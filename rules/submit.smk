@@ -7,6 +7,7 @@ rule submit:
         manifest=split_manifest(cached("test")),
         predictions=expand(rules.predict.output[0], fold=FOLDS, split="test"),
         fold_metrics=expand(rules.train.output.metrics, fold=FOLDS),
+        code=code("submit"),
     output:
         report(f"{R}/submission.csv", caption="../report/submission.rst", category="Submission"),
     log:

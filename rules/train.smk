@@ -7,6 +7,7 @@ rule train:
         images=one(rules.build_cache.output.images, split="train"),
         index=one(rules.build_cache.output.index, split="train"),
         folds=rules.make_folds.output[0],
+        code=code("train"),
     output:
         checkpoint=f"{R}/models/fold{{fold}}/best.pt",
         history=f"{R}/models/fold{{fold}}/history.csv",
@@ -42,6 +43,7 @@ rule predict:
         images=lambda w: one(rules.build_cache.output.images, split=cached(w.split)),
         index=lambda w: one(rules.build_cache.output.index, split=cached(w.split)),
         checkpoint=rules.train.output.checkpoint,
+        code=code("predict"),
     output:
         f"{R}/predictions/fold{{fold}}/{{split}}.csv",
     log:

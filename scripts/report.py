@@ -1,6 +1,7 @@
 #!/usr/bin/env python3
-"""Stage report: metrics.json, plots, provenance.json and one self-contained HTML report on the
-validation data. The rule passes the whole config: provenance.json records its sha256."""
+"""Stage report: metrics.json, headline.json (the few numbers DVC shows), plots, provenance.json
+and one self-contained HTML report on the validation data. The rule passes the whole config:
+provenance.json records its sha256."""
 import argparse
 import os
 from pathlib import Path
@@ -17,7 +18,7 @@ from deepfake_workflow.provenance import collect
 from deepfake_workflow.report import build_report
 from deepfake_workflow.submission import fold_scores, folds_used, read_fold_metrics
 
-REPORT_FILES = ("metrics.json", "report.html", "metrics_table.csv", "provenance.json")
+REPORT_FILES = ("metrics.json", "headline.json", "report.html", "metrics_table.csv", "provenance.json")
 
 
 def main() -> None:

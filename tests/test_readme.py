@@ -258,6 +258,19 @@ def _dvc_generate(w, commands):
     assert [s["fold"] for s in stages["train"]["foreach"]] == ["0", "1"]
 
 
+@handler("dvc-preset")
+def _dvc_preset(w, commands):
+    (command,) = commands
+    kept = {name: (w.project / name).read_bytes() for name in ("config.yaml", "dvc.yaml")}
+    w.run(command)
+    stages = yaml.safe_load((w.project / "dvc.yaml").read_text())["stages"]
+    assert [s["fold"] for s in stages["train"]["foreach"]] == ["0", "1"], "the preset's two folds"
+    assert "train.crop_size" in stages["train"]["do"]["params"][0]["config.yaml"]
+    assert "# two models" in (w.project / "config.yaml").read_text(), "the preset's comments are kept"
+    for name, data in kept.items():  # back to the walkthrough's tiny config for the blocks that follow
+        (w.project / name).write_bytes(data)
+
+
 @handler("dvc-run")
 def _dvc_run(w, commands):
     repros = 0
@@ -297,6 +310,11 @@ def _dvc_clone(w, commands):
         if command.startswith("git clone"):
             w.cwd = w.root
         proc = w.run(command)
+        if command.startswith("dvc pull"):
+            assert not (w.cwd / "results/cache/train/images.npy").exists(), "DVC stores no image cache"
+        if command.startswith("dvc repro"):
+            ran = re.findall(r"Running stage '(\w+)", proc.stdout + proc.stderr)
+            assert set(ran) == {"fetch_data", "build_cache"}, ran
         if "snakemake -n" in command:
             assert "Nothing to be done" in proc.stdout + proc.stderr
     clone = w.cwd
@@ -316,7 +334,8 @@ def _dvc_experiments(w, commands):
         if command.startswith("dvc exp run"):
             assert "Running stage 'train@0'" in out and "Running stage 'fetch_data'" not in out
         if command.startswith("dvc exp show"):
-            assert "lr-3e-4" in out
+            assert "lr-3e-4" in out and "val.auc" in out and "train.lr" in out
+            assert max(map(len, proc.stdout.splitlines())) <= 80, proc.stdout
     kept = yaml.safe_load(w.run("git show exp-lr-3e-4:config.yaml").stdout)
     assert kept["train"]["lr"] == 3.0e-4 != README_CONFIG["train"]["lr"], "the branch keeps the experiment's config"
     assert not w.run("git status --porcelain config.yaml dvc.lock").stdout.strip()

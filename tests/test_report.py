@@ -73,6 +73,10 @@ def test_full_report_writes_every_file(run, tmp_path):
     assert not list(tmp_path.glob(".tmp-*"))  # every write was atomic and finished
     metrics = strict_json(tmp_path / "metrics.json")
     assert metrics == returned
+    # the headline numbers (DVC's metrics), copied from the full metrics
+    assert strict_json(tmp_path / "headline.json") == {
+        "val": {k: metrics["val"][k] for k in ("auc", "tpr_at_fpr_1e-3", "log_loss")},
+        "oof": {"auc": metrics["oof"]["auc"]}, "val_by_method": metrics["val_by_method"]}
     assert {"val", "oof", "folds", "val_by_method", "threshold", "submission"} <= set(metrics)
     assert metrics["submission"]["strategy"] == "ensemble"
     assert set(metrics["plots"]) == ALL_PLOTS
@@ -146,6 +150,7 @@ def test_optional_parts_are_skipped_and_stale_plots_removed(run, tmp_path):
     assert {p.name for p in tmp_path.glob("*.png")} == {"roc.png", "score_histogram.png",
                                                          "confusion_matrix.png"}
     assert "val_by_method" not in metrics and "mistakes" not in metrics
+    assert set(strict_json(tmp_path / "headline.json")) == {"val", "oof"}  # no stale per-method AUC
     assert metrics["threshold"]["policy"] == "fpr" and metrics["threshold"]["oof_fpr"] <= 0.05
     page = (tmp_path / "report.html").read_text()
     assert page.count("data:image/png;base64,") == 3 and "AUC by manipulation method" not in page
@@ -158,6 +163,7 @@ def test_one_class_validation_gives_nulls_not_nan(run, tmp_path):
     metrics = build(run, tmp_path, val_labels=labels, val_pred=pred, methods=None, val_images=None)
     assert metrics["val"]["auc"] is None and "only fake" in metrics["val"]["warning"]
     strict_json(tmp_path / "metrics.json")
+    assert strict_json(tmp_path / "headline.json")["val"]["auc"] is None  # JSON null, not NaN
     assert "only fake" in (tmp_path / "report.html").read_text()
 
 

@@ -1,5 +1,5 @@
-"""Validation report: metrics.json, metrics_table.csv, PNG plots, provenance.json and one
-self-contained report.html (images embedded as base64, inline CSS, no external links).
+"""Validation report: metrics.json, headline.json, metrics_table.csv, PNG plots, provenance.json
+and one self-contained report.html (images embedded as base64, inline CSS, no external links).
 
 The decision threshold is chosen on out-of-fold predictions and only then applied to the
 official validation split, so `acc_at_threshold` on val is an honest estimate.
@@ -79,6 +79,20 @@ GLOSSARY = (
 # Wall-clock figures vary from run to run: they go to the table and the HTML, not to
 # metrics.json, so two runs with the same seed give identical metrics.json files (DVC diffs).
 TIMING_KEYS = ("train_seconds", "images_per_s", "epoch_seconds")
+
+
+# The few numbers that rank a run (the competition's AUC and its tie-break, TPR at FPR 1e-3):
+# headline.json, what `dvc metrics show` and `dvc exp show` print; metrics.json holds the rest.
+HEADLINE = {"val": ("auc", "tpr_at_fpr_1e-3", "log_loss"), "oof": ("auc",)}
+
+
+def headline_metrics(metrics: dict) -> dict:
+    """Validation AUC, TPR at FPR 1e-3 and log loss, out-of-fold AUC, and validation AUC per
+    manipulation method (where the data names methods), taken from the full metrics."""
+    out = {part: {key: metrics[part][key] for key in keys} for part, keys in HEADLINE.items()}
+    if metrics.get("val_by_method"):
+        out["val_by_method"] = dict(metrics["val_by_method"])
+    return out
 
 
 def _without_timings(metrics: dict) -> dict:
@@ -301,7 +315,7 @@ def build_report(*, histories: dict[int, pd.DataFrame], fold_metrics: dict[int, 
                  val_images: np.ndarray | None, val_index: pd.DataFrame | None,
                  report_cfg: dict, submission_info: dict, out_dir: Path,
                  data_info: dict | None = None, provenance: dict | None = None) -> dict:
-    """Compute all metrics, write metrics.json, metrics_table.csv, the plots and report.html
+    """Compute all metrics, write metrics.json, headline.json, metrics_table.csv, the plots and report.html
     into out_dir (each atomically) and return the metrics dict.
 
     `provenance` (provenance.collect()) goes to provenance.json and the HTML, never to
@@ -399,6 +413,7 @@ def build_report(*, histories: dict[int, pd.DataFrame], fold_metrics: dict[int, 
         metrics["data"] = dict(data_info)
     metrics = _plain(metrics)
     write_json(out_dir / "metrics.json", _without_timings(metrics), allow_nan=False)
+    write_json(out_dir / "headline.json", headline_metrics(metrics), allow_nan=False)
     rows = _table_rows(metrics)
     table = pd.DataFrame(rows)
     for column in table.columns:  # integer columns with gaps stay integers (2, not 2.0)
