@@ -37,6 +37,7 @@ from tqdm import tqdm
 from . import __version__
 from .atomic import atomic_path, write_csv, write_json
 from .config import check_values, schema_choices
+from .diskspace import require_free_space
 from .errors import DataError
 from .imageio import ImageReadError, load_rgb_and_size
 
@@ -96,6 +97,9 @@ def build_cache(
 
     started = time.perf_counter()
     n_total = len(items)
+    # Before anything is written: the whole array, plus about 64 bytes per index row beyond the name.
+    needed = n_total * size * size * 3 + int(items["img_name"].str.len().sum()) + 64 * n_total
+    require_free_space(out_dir.parent, needed, f"the cache of {n_total:,} images at {size}x{size} px")
     with atomic_path(out_dir, is_dir=True) as tmp:
         images_path = tmp / IMAGES_FILE
         offset = _create_npy(images_path, n_total, size)
@@ -125,6 +129,8 @@ def build_cache(
         good = np.ones(n_total, bool)
         good[list(errors)] = False
         if errors:
+            require_free_space(tmp, int(good.sum()) * job.row_bytes,
+                               f"leaving out {len(errors)} bad image(s) (a copy of the good rows)")
             _compact_rows(images_path, offset, good, size)
         _fsync(images_path)
 
