@@ -19,6 +19,7 @@ a time, into a second file.
 """
 from __future__ import annotations
 
+import concurrent.futures
 import json
 import multiprocessing
 import os
@@ -280,7 +281,7 @@ def _run_chunks(
     job: _Job, names: list[str], workers: int
 ) -> Iterator[tuple[int, list[_Result]]]:
     """Decode every chunk; results come in any order. With workers > 1 this process decodes
-    too, beside workers - 1 worker processes: it starts at once, while they start up."""
+    too, beside workers - 1 worker processes, from the start, while they start up."""
     tasks = _chunks(names, job, workers)
     writer = _ChunkWriter(job)
     try:
@@ -288,11 +289,20 @@ def _run_chunks(
             for task in tasks:
                 yield task[0], writer.decode(task)
             return
-        with _pool_context().Pool(workers - 1, initializer=_worker_init, initargs=(job,)) as pool:
+        # Pool() returns once the workers run (the forkserver first imports this module and the
+        # caller's main: about half a second); started in a thread, it costs this process nothing.
+        starting = concurrent.futures.ThreadPoolExecutor(1)
+        pool_future = starting.submit(
+            _pool_context().Pool, workers - 1, initializer=_worker_init, initargs=(job,)
+        )
+        pool = None
+        try:
             queued: list = []
             while True:
+                if pool is None and pool_future.done():
+                    pool = pool_future.result()
                 # Two tasks queued per worker, so none waits while this process decodes a chunk.
-                while len(queued) < 2 * (workers - 1) and (task := next(tasks, None)) is not None:
+                while pool is not None and len(queued) < 2 * (workers - 1) and (task := next(tasks, None)) is not None:
                     queued.append(pool.apply_async(_worker_chunk, (task,)))
                 for done in [r for r in queued if r.ready()]:
                     queued.remove(done)
@@ -303,6 +313,10 @@ def _run_chunks(
                 yield task[0], writer.decode(task)
             for result in queued:
                 yield result.get()
+        finally:
+            starting.shutdown()  # waits for the pool to have started, to stop it
+            if pool_future.exception() is None:
+                pool_future.result().terminate()
     finally:
         writer.close()
 
