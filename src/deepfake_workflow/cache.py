@@ -8,19 +8,23 @@ into place at the end):
 * `bad_images.csv`  img_name, error (header only when every image decoded)
 * `cache_info.json` size, resize, counts, timing, library versions
 
-Memory stays flat in N: workers decode a small chunk of images and write it straight into
-`images.npy` with `os.pwrite` at the rows' offset; the parent only ever sees sizes and
-error strings. Writing through the file (not a memmap) keeps the written pages in the page
-cache instead of in any process's resident set. Bad images leave zero rows behind; in
-skip mode these are squeezed out afterwards by copying the good rows, a chunk at a time,
-into a second file.
+Memory stays flat in N: each decoding process (the caller and `workers - 1` worker
+processes) decodes a small chunk of images into one reused buffer and writes it straight
+into `images.npy` with `os.pwrite` at the rows' offset; the caller only ever sees sizes and
+error strings of the workers' chunks. Writing through the file (not a memmap) keeps the
+written pages in the page cache instead of in any process's resident set; a thread flushes
+them to disk as the build goes, so the final fsync is short. Bad images leave zero rows
+behind; in skip mode these are squeezed out afterwards by copying the good rows, a chunk at
+a time, into a second file.
 """
 from __future__ import annotations
 
+import concurrent.futures
 import json
 import multiprocessing
 import os
 import platform
+import threading
 import time
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass
@@ -34,6 +38,7 @@ from tqdm import tqdm
 from . import __version__
 from .atomic import atomic_path, write_csv, write_json
 from .config import check_values, schema_choices
+from .diskspace import require_free_space
 from .errors import DataError
 from .imageio import ImageReadError, load_rgb_and_size
 
@@ -45,6 +50,7 @@ INFO_FILE = "cache_info.json"
 _SIZE_COLUMNS = ["orig_width", "orig_height"]
 _CHUNK_BYTES = 8 * 1024 * 1024  # per worker task: bounded memory, few syscalls
 _MAX_CHUNK_IMAGES = 64
+_SYNC_BYTES = 64 * 1024 * 1024  # flush to disk in the background every this much
 _ERRORS_SHOWN = 50
 
 
@@ -78,8 +84,8 @@ def build_cache(
     kept in index.csv. `on_bad_image="error"` decodes everything, then raises one
     DataError listing every unreadable file and leaves `out_dir` untouched; `"skip"`
     leaves bad images out and lists them in bad_images.csv (all bad is still an error).
-    `workers` > 1 decodes in that many processes. Any existing `out_dir` is replaced
-    only when the new cache is complete.
+    `workers` > 1 decodes in that many processes (this one included). Any existing
+    `out_dir` is replaced only when the new cache is complete.
     """
     # the schema's rules and messages: a direct call fails as the same value in a config would
     check_values({"cache": {"size": size, "resize": resize, "on_bad_image": on_bad_image, "max_pixels": max_pixels}},
@@ -92,6 +98,9 @@ def build_cache(
 
     started = time.perf_counter()
     n_total = len(items)
+    # Before anything is written: the whole array, plus about 64 bytes per index row beyond the name.
+    needed = n_total * size * size * 3 + int(items["img_name"].str.len().sum()) + 64 * n_total
+    require_free_space(out_dir.parent, needed, f"the cache of {n_total:,} images at {size}x{size} px")
     with atomic_path(out_dir, is_dir=True) as tmp:
         images_path = tmp / IMAGES_FILE
         offset = _create_npy(images_path, n_total, size)
@@ -101,7 +110,7 @@ def build_cache(
         heights = np.zeros(n_total, np.int64)
         errors: dict[int, str] = {}
         bar = tqdm(total=n_total, unit="img", desc=f"cache {out_dir.name}", disable=not progress)
-        with bar:
+        with bar, _BackgroundSync(images_path) as sync:
             for start, results in _run_chunks(job, names, workers):
                 for i, (width, height, error) in enumerate(results, start):
                     if error is None:
@@ -109,6 +118,7 @@ def build_cache(
                     else:
                         errors[i] = error
                 bar.update(len(results))
+                sync.written(len(results) * job.row_bytes)
 
         bad_rows = sorted(errors)
         bad = pd.DataFrame(
@@ -120,6 +130,8 @@ def build_cache(
         good = np.ones(n_total, bool)
         good[list(errors)] = False
         if errors:
+            require_free_space(tmp, int(good.sum()) * job.row_bytes,
+                               f"leaving out {len(errors)} bad image(s) (a copy of the good rows)")
             _compact_rows(images_path, offset, good, size)
         _fsync(images_path)
 
@@ -255,60 +267,112 @@ def _create_npy(path: Path, n_rows: int, size: int) -> int:
 
 
 def _chunks(names: list[str], job: _Job, workers: int) -> Iterator[tuple[int, list[str]]]:
-    # Small enough to bound each worker's buffer, and enough chunks to balance the load.
-    per_chunk = max(1, min(_MAX_CHUNK_IMAGES, _CHUNK_BYTES // job.row_bytes))
-    if workers > 1:
-        per_chunk = max(1, min(per_chunk, -(-len(names) // (4 * workers))))
-    for start in range(0, len(names), per_chunk):
-        yield start, names[start : start + per_chunk]
+    """Runs of consecutive rows: small enough to bound each process's buffer, shrinking near
+    the end (guided scheduling) so that no process is left with a long last chunk."""
+    largest = max(1, min(_MAX_CHUNK_IMAGES, _CHUNK_BYTES // job.row_bytes))
+    start = 0
+    while start < len(names):
+        count = max(1, min(largest, (len(names) - start) // (2 * workers)))
+        yield start, names[start : start + count]
+        start += count
 
 
 def _run_chunks(
     job: _Job, names: list[str], workers: int
 ) -> Iterator[tuple[int, list[_Result]]]:
+    """Decode every chunk; results come in any order. With workers > 1 this process decodes
+    too, beside workers - 1 worker processes, from the start, while they start up."""
     tasks = _chunks(names, job, workers)
-    if workers == 1:
-        fd = os.open(job.images_path, os.O_WRONLY)
-        try:
+    writer = _ChunkWriter(job)
+    try:
+        if workers == 1:
             for task in tasks:
-                yield task[0], _decode_chunk(job, fd, task)
+                yield task[0], writer.decode(task)
+            return
+        # Pool() returns once the workers run (the forkserver first imports this module and the
+        # caller's main: about half a second); started in a thread, it costs this process nothing.
+        starting = concurrent.futures.ThreadPoolExecutor(1)
+        pool_future = starting.submit(
+            _pool_context().Pool, workers - 1, initializer=_worker_init, initargs=(job,)
+        )
+        pool = None
+        try:
+            queued: list = []
+            while True:
+                if pool is None and pool_future.done():
+                    pool = pool_future.result()
+                # Two tasks queued per worker, so none waits while this process decodes a chunk.
+                while pool is not None and len(queued) < 2 * (workers - 1) and (task := next(tasks, None)) is not None:
+                    queued.append(pool.apply_async(_worker_chunk, (task,)))
+                for done in [r for r in queued if r.ready()]:
+                    queued.remove(done)
+                    yield done.get()
+                task = next(tasks, None)
+                if task is None:
+                    break
+                yield task[0], writer.decode(task)
+            for result in queued:
+                yield result.get()
         finally:
-            os.close(fd)
-        return
-    # spawn, not fork: the caller may hold threads (torch, BLAS) that fork would copy
-    # in a locked state; the cost is one interpreter start per worker.
-    context = multiprocessing.get_context("spawn")
-    with context.Pool(workers, initializer=_worker_init, initargs=(job,)) as pool:
-        yield from pool.imap(_worker_chunk, tasks)
+            starting.shutdown()  # waits for the pool to have started, to stop it
+            if pool_future.exception() is None:
+                pool_future.result().terminate()
+    finally:
+        writer.close()
+
+
+def _pool_context() -> multiprocessing.context.BaseContext:
+    # Not fork: the caller may hold threads (torch, BLAS) that fork would copy in a locked
+    # state. forkserver imports the caller's main module and this one once, in a fresh
+    # single-threaded server, then forks every worker from it: one interpreter start-up
+    # instead of one per worker (spawn), which on 32 cores is 32 imports of pandas et al.
+    if "forkserver" not in multiprocessing.get_all_start_methods():
+        return multiprocessing.get_context("spawn")
+    context = multiprocessing.get_context("forkserver")
+    context.set_forkserver_preload(["__main__", __name__])  # takes effect if the server is not yet running
+    return context
+
+
+class _ChunkWriter:
+    """Decodes chunks of rows into one reused buffer and writes each with one pwrite."""
+
+    def __init__(self, job: _Job):
+        self.job = job
+        self.fd = os.open(job.images_path, os.O_WRONLY)
+        self.buffer = np.empty((0, job.size, job.size, 3), np.uint8)
+
+    def decode(self, task: tuple[int, list[str]]) -> list[_Result]:
+        start, names = task
+        job = self.job
+        if len(self.buffer) < len(names):
+            self.buffer = np.empty((len(names), job.size, job.size, 3), np.uint8)
+        rows = self.buffer[: len(names)]
+        results: list[_Result] = []
+        for j, name in enumerate(names):
+            try:
+                rows[j], (width, height) = load_rgb_and_size(
+                    Path(job.image_dir) / name, job.size, job.resize, max_pixels=job.max_pixels
+                )
+                results.append((width, height, None))
+            except ImageReadError as exc:
+                rows[j] = 0  # bad images leave zero rows (the buffer is reused)
+                results.append((0, 0, exc.reason))
+        _pwrite_all(self.fd, memoryview(rows).cast("B"), job.offset + start * job.row_bytes)
+        return results
+
+    def close(self) -> None:
+        os.close(self.fd)
 
 
 _worker: dict = {}
 
 
 def _worker_init(job: _Job) -> None:
-    _worker["job"] = job
-    _worker["fd"] = os.open(job.images_path, os.O_WRONLY)  # closed when the process exits
+    _worker["writer"] = _ChunkWriter(job)  # its file is closed when the process exits
 
 
 def _worker_chunk(task: tuple[int, list[str]]) -> tuple[int, list[_Result]]:
-    return task[0], _decode_chunk(_worker["job"], _worker["fd"], task)
-
-
-def _decode_chunk(job: _Job, fd: int, task: tuple[int, list[str]]) -> list[_Result]:
-    """Decode a run of consecutive rows and write them with one pwrite."""
-    start, names = task
-    buffer = np.zeros((len(names), job.size, job.size, 3), np.uint8)
-    results: list[_Result] = []
-    for j, name in enumerate(names):
-        try:
-            buffer[j], (width, height) = load_rgb_and_size(
-                Path(job.image_dir) / name, job.size, job.resize, max_pixels=job.max_pixels
-            )
-            results.append((width, height, None))
-        except ImageReadError as exc:
-            results.append((0, 0, exc.reason))
-    _pwrite_all(fd, memoryview(buffer).cast("B"), job.offset + start * job.row_bytes)
-    return results
+    return task[0], _worker["writer"].decode(task)
 
 
 def _pwrite_all(fd: int, data: memoryview, position: int) -> None:
@@ -338,6 +402,42 @@ def _compact_rows(images_path: Path, offset: int, good: np.ndarray, size: int) -
         os.close(src)
         os.close(dst)
     os.replace(compact_path, images_path)
+
+
+class _BackgroundSync:
+    """Flushes the rows written so far to disk in a thread while decoding goes on, so the
+    final fsync (before the cache counts as finished) finds little left to write."""
+
+    def __init__(self, path: Path, every_bytes: int = _SYNC_BYTES):
+        self.path = path
+        self.every_bytes = every_bytes
+        self.unsynced = 0
+        self.thread: threading.Thread | None = None
+        self.error: OSError | None = None
+
+    def __enter__(self) -> _BackgroundSync:
+        self.fd = os.open(self.path, os.O_RDONLY)
+        return self
+
+    def written(self, nbytes: int) -> None:
+        self.unsynced += nbytes
+        if self.unsynced >= self.every_bytes and not (self.thread and self.thread.is_alive()):
+            self.unsynced = 0
+            self.thread = threading.Thread(target=self._sync, daemon=True)
+            self.thread.start()
+
+    def _sync(self) -> None:
+        try:
+            os.fdatasync(self.fd)
+        except OSError as exc:  # a later fsync may not see an error this one consumed: keep it
+            self.error = exc
+
+    def __exit__(self, *exc_info) -> None:
+        if self.thread:
+            self.thread.join()
+        os.close(self.fd)
+        if self.error and exc_info[0] is None:
+            raise OSError(self.error.errno, f"writing {self.path}: {self.error.strerror}")
 
 
 def _fsync(path: Path) -> None:

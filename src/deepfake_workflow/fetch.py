@@ -45,7 +45,7 @@ def _download_and_extract(config: dict, root: Path, progress: bool) -> None:
         archive = download(entry["url"], downloads / name, sha256=entry["sha256"].lower(),
                            timeout=float(data["download_timeout"]), retries=int(data["download_retries"]),
                            progress=progress)
-        safe_extract(archive, root)
+        safe_extract(archive, root, progress=progress)
 
 
 def prepare_raw_data(config: dict, *, workers: int = 1, progress: bool = True) -> Path:

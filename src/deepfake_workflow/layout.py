@@ -11,6 +11,7 @@ The demo is written in the same layout, so one reader serves demo, local and dow
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -110,9 +111,16 @@ def check_local_data(config: dict) -> None:
         if not images.is_dir():
             raise DataError(f"config key 'data.{split}_images' / 'data.root': image folder {images} "
                             f"of split '{split}' does not exist")
-        if not any(images.iterdir()):
+        if not _has_entries(images):
             raise DataError(f"config key 'data.{split}_images' / 'data.root': image folder {images} "
                             f"of split '{split}' is empty")
+
+
+def _has_entries(folder: Path) -> bool:
+    # scandir reads the first batch of entries only; iterdir lists the whole folder (524k names),
+    # and this runs every time the Snakefile is read.
+    with os.scandir(folder) as entries:
+        return next(entries, None) is not None
 
 
 def methods_file(config: dict) -> str | None:
