@@ -42,8 +42,10 @@ GPU_RULES = {"train", "predict"}
 
 @pytest.fixture(scope="module")
 def cluster():
+    t0 = time.monotonic()
     proc = subprocess.run(["bash", str(START), str(CLUSTER_DIR)], capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, f"start_cluster.sh failed:\n{proc.stdout}\n{proc.stderr}"
+    print(f"SLURM cluster installed and started in {time.monotonic() - t0:.0f} s")
     started = [line.split()[1:] for line in proc.stdout.splitlines() if line.startswith("started ")]
     yield
     for _name, pid in reversed(started):  # slurmd, slurmctld, munged: only those started here
