@@ -18,7 +18,10 @@ import deepfake_workflow.sources as dw_sources
 # checked against the schema, the data folder and the parameter budget before any job runs
 # (the same checks as `deepfake-workflow check-config`).
 _valid = dw_config.validate_config(config)
-dw_command.check_workflow_config(_valid)
+# Only in the process the user started: a cluster job's own Snakemake processes (two per SLURM
+# job) parse this file again, and the budget check builds the model (torch, timm: seconds of CPU).
+if workflow.is_main_process:
+    dw_command.check_workflow_config(_valid)
 config.clear()
 config.update(_valid)
 

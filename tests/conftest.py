@@ -33,17 +33,18 @@ def write_config(workdir: Path, config: dict) -> Path:
     return path
 
 
-def snakemake_command(workdir: Path, *args: str, configfile: bool = True) -> tuple[list[str], dict]:
+def snakemake_command(workdir: Path, *args: str, configfile: bool = True, cores: int = 4,
+                      gpus: int = 1) -> tuple[list[str], dict]:
     """The snakemake command line and environment the tests run the workflow with, in `workdir`.
 
     --cores 4 gives the rules the same thread counts as the commands in dvc.yaml, so both
     engines compute bit-identical results. `configfile=False` leaves `workdir/config.yaml` to the
     Snakefile's `configfile:` directive, as a user's plain `snakemake` does (Snakemake then hands
-    `--config` values over before the file's sections).
+    `--config` values over before the file's sections). `cores`, `gpus`: `--cores`, `--resources gpu=`.
     """
     extra = ["--configfile", str(workdir / "config.yaml")] if configfile else []
     cmd = [str(BIN / "snakemake"), "-s", str(REPO / "Snakefile"), "-d", str(workdir),
-           *extra, "--cores", "4", "--resources", "gpu=1",
+           *extra, "--cores", str(cores), "--resources", f"gpu={gpus}",
            "--workflow-profile", "none", "--rerun-incomplete", "--show-failed-logs", *args]
     # The rules run `python scripts/<stage>.py` from the working directory, as dvc.yaml does.
     if not (workdir / "scripts").exists():
