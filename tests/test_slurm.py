@@ -24,9 +24,11 @@ import pytest
 import yaml
 from conftest import REPO, TINY_CONFIG, snakemake_command, write_config
 
+_NOT_ROOT = not hasattr(os, "geteuid") or os.geteuid() != 0
 needs_cluster = pytest.mark.skipif(
-    not hasattr(os, "geteuid") or os.geteuid() != 0 or shutil.which("apt-get") is None,
-    reason="a SLURM cluster is installed (apt-get) and started (daemons) here only as root with apt-get",
+    _NOT_ROOT or shutil.which("apt-get") is None,
+    reason=("not root" if _NOT_ROOT else "no apt-get") + ": the test installs SLURM with apt-get and starts its "
+    "daemons, which needs root and apt-get (as in CI)",
 )
 
 START = REPO / "tests/slurm/start_cluster.sh"
@@ -44,18 +46,20 @@ GPU_RULES = {"train", "predict"}
 def cluster():
     t0 = time.monotonic()
     proc = subprocess.run(["bash", str(START), str(CLUSTER_DIR)], capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0, f"start_cluster.sh failed:\n{proc.stdout}\n{proc.stderr}"
-    print(f"SLURM cluster installed and started in {time.monotonic() - t0:.0f} s")
     started = [line.split()[1:] for line in proc.stdout.splitlines() if line.startswith("started ")]
-    yield
-    for _name, pid in reversed(started):  # slurmd, slurmctld, munged: only those started here
-        try:
-            os.kill(int(pid), signal.SIGTERM)
-        except ProcessLookupError:
-            continue
-        deadline = time.monotonic() + 20
-        while Path(f"/proc/{pid}").exists() and time.monotonic() < deadline:
-            time.sleep(0.1)
+    try:
+        assert proc.returncode == 0, f"start_cluster.sh failed:\n{proc.stdout}\n{proc.stderr}"
+        print(f"SLURM cluster installed and started in {time.monotonic() - t0:.0f} s")
+        yield
+    finally:
+        for _name, pid in reversed(started):  # slurmd, slurmctld, munged: only those started here
+            try:
+                os.kill(int(pid), signal.SIGTERM)
+            except ProcessLookupError:
+                continue
+            deadline = time.monotonic() + 20
+            while Path(f"/proc/{pid}").exists() and time.monotonic() < deadline:
+                time.sleep(0.1)
 
 
 def start_run(workdir: Path, limit_s: int, *args: str, slurm: bool = True, head_job: bool = False,
