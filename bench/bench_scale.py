@@ -31,6 +31,7 @@ import json
 import multiprocessing
 import os
 import platform
+import resource
 import shutil
 import subprocess
 import sys
@@ -127,16 +128,24 @@ def make_data(data: Path, n: int, seed: int, workers: int) -> dict:
         (data / labels).write_text(text, encoding="utf-8")
         first += count
     tasks = [(seed, s, min(n, s + 100), folders) for s in range(0, n, 100)]
-    started = time.perf_counter()
-    with multiprocessing.get_context("spawn").Pool(workers, initializer=_init_bases, initargs=(seed,)) as pool:
-        written = sum(pool.imap_unordered(_write_images, tasks))
-    seconds = time.perf_counter() - started
+    started, cpu = time.perf_counter(), _children_cpu_s()
+    pool = multiprocessing.get_context("spawn").Pool(workers, initializer=_init_bases, initargs=(seed,))
+    written = sum(pool.imap_unordered(_write_images, tasks))
+    pool.close()
+    pool.join()  # reaped: the workers' CPU time is in RUSAGE_CHILDREN
+    seconds, cpu_ms = time.perf_counter() - started, (_children_cpu_s() - cpu) * 1000 / n
     summary = {"params": params, "bytes": written, "seconds": round(seconds, 1),
-               "images_per_s": round(n / seconds, 1), "workers": workers}
+               "images_per_s": round(n / seconds, 1), "workers": workers, "cpu_ms_per_image": round(cpu_ms, 2)}
     done_file.write_text(json.dumps(summary, indent=2) + "\n")
     print(f"data: {data}: {n:,} JPEGs ({written / 1e9:.2f} GB) written in {seconds:.1f} s with {workers} "
-          f"worker(s), {n / seconds:.0f} images/s")
+          f"worker(s), {n / seconds:.0f} images/s; {cpu_ms:.2f} CPU ms per image, so "
+          f"{1000 / cpu_ms:.0f} images/s per free core")
     return summary
+
+
+def _children_cpu_s() -> float:
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
 
 
 # --------------------------------------------------------------------------- workflow
@@ -262,9 +271,11 @@ def print_jobs(result: dict) -> None:
     print(f"\n{'job':<22}{'images':>8}{'s':>9}{'images/s':>10}{'peak RSS MB':>13}{'io_out MB':>11}"
           f"{'outputs MB':>12}{'CPU s':>8}")
     for r in result["jobs"]:
+        rss = _fmt(r["max_rss_mb"], ".0f") + ("*" if r["s"] < 1 else "")
         print(f"{r['job']:<22}{r['images']:>8}{r['s']:>9.1f}{_fmt(r['images_per_s'], '.0f'):>10}"
-              f"{_fmt(r['max_rss_mb'], '.0f'):>13}{_fmt(r['io_out_mb'], '.1f'):>11}{r['output_mb']:>12.1f}"
+              f"{rss:>13}{_fmt(r['io_out_mb'], '.1f'):>11}{r['output_mb']:>12.1f}"
               f"{_fmt(r['cpu_s'], '.0f'):>8}")
+    print("* a job shorter than Snakemake's first 0.5 s sample: its peak RSS is the shell's only")
     print(f"\nworkflow wall time {result['workflow_s']:.0f} s; snakemake -n on the finished run "
           f"{result['dry_run_s']:.1f} s; load average {result['load_before']} before, {result['load_after']} after")
 
@@ -280,12 +291,15 @@ def print_table(files: list[Path]) -> None:
         cells = ""
         for run in runs:
             r = next((x for x in run["jobs"] if x["job"] == job), None)
-            cells += (f"{r['s']:>8.1f}{_fmt(r['images_per_s'], '.0f'):>10}{_fmt(r['max_rss_mb'], '.0f'):>12}"
-                      if r else f"{'-':>30}")
+            rss = _fmt(r["max_rss_mb"], ".0f") + ("*" if r["s"] < 1 else " ") if r else ""
+            cells += f"{r['s']:>8.1f}{_fmt(r['images_per_s'], '.0f'):>10}{rss:>12}" if r else f"{'-':>30}"
         print(f"{job:<22}{cells}")
     print(f"{'workflow wall s':<22}" + "".join(f"{run['workflow_s']:>30.0f}" for run in runs))
     print(f"{'snakemake -n s':<22}" + "".join(f"{run['dry_run_s']:>30.1f}" for run in runs))
     print(f"{'data generation s':<22}" + "".join(f"{run['data']['seconds']:>30.1f}" for run in runs))
+    loads = "".join(f"{run['load_before']:>24.2f}{run['load_after']:>6.2f}" for run in runs)
+    print(f"{'load before, after':<22}{loads}")
+    print("* shorter than Snakemake's first 0.5 s sample: the shell's RSS only")
 
 
 def main(argv=None) -> int:
