@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import io
 import json
+import multiprocessing
 import os
 import re
 import subprocess
@@ -15,6 +16,7 @@ import pandas as pd
 import pytest
 from PIL import Image
 
+from deepfake_workflow import cache as cache_module
 from deepfake_workflow.cache import CacheSummary, build_cache, open_cache
 from deepfake_workflow.config import validate_config
 from deepfake_workflow.errors import ConfigError, DataError
@@ -92,11 +94,15 @@ def test_one_worker_gives_the_same_cache(tmp_path):
     np.testing.assert_array_equal(images, _expected(img_dir, names, "letterbox"))
 
 
+@pytest.mark.parametrize("size", [16, 64])  # rows of 768 bytes go through the page cache, of 3 pages direct
+@pytest.mark.parametrize("start_method", ["fork", "forkserver"])
 @pytest.mark.parametrize("resize", ["squash", "center_crop", "letterbox", "native_crop"])
-def test_cache_file_is_byte_for_byte_the_reference_decoding(tmp_path, resize):
-    # Photo-like JPEGs 3x-10x the cache side (JPEG draft decoding at DCT scale 2, 4, 8), many
-    # chunks per process, a bad file among them: images.npy must be exactly np.save of the
-    # reference decoder's rows (imageio.load_rgb, one image at a time), header included.
+def test_cache_file_is_byte_for_byte_the_reference_decoding(tmp_path, monkeypatch, resize, start_method, size):
+    # Photo-like JPEGs 1x-10x the cache side (JPEG draft decoding at DCT scale 2, 4, 8), many
+    # chunks per process, a bad file among them: images.npy must hold exactly the reference
+    # decoder's rows (imageio.load_rgb, one image at a time), whichever way the workers were
+    # started (the pool is made differently for each) and the rows written.
+    monkeypatch.setattr(cache_module, "_pool_context", lambda: multiprocessing.get_context(start_method))
     img_dir = tmp_path / "imgs"
     img_dir.mkdir()
     rng = np.random.default_rng(7)
@@ -108,11 +114,14 @@ def test_cache_file_is_byte_for_byte_the_reference_decoding(tmp_path, resize):
         coarse.resize((width, height), Image.Resampling.BICUBIC).save(img_dir / names[-1], quality=90)
     (img_dir / "bad.jpg").write_bytes(b"not a jpeg")
     listed = names[:17] + ["bad.jpg"] + names[17:]
-    build_cache(pd.DataFrame({"img_name": listed, "target": 0}), img_dir, tmp_path / "c", size=SIZE,
+    build_cache(pd.DataFrame({"img_name": listed, "target": 0}), img_dir, tmp_path / "c", size=size,
                 resize=resize, on_bad_image="skip", workers=2, progress=False)
-    reference = io.BytesIO()
-    np.save(reference, np.stack([load_rgb(img_dir / n, SIZE, resize) for n in names]))
-    assert (tmp_path / "c" / "images.npy").read_bytes() == reference.getvalue()
+    reference = np.stack([load_rgb(img_dir / n, size, resize) for n in names])
+    cached = np.load(tmp_path / "c" / "images.npy")
+    assert cached.dtype == np.uint8 and cached.shape == reference.shape
+    assert cached.tobytes() == reference.tobytes()
+    # The header fills one page, nothing follows the last row.
+    assert (tmp_path / "c" / "images.npy").stat().st_size == 4096 + reference.nbytes
 
 
 def _add_bad_files(img_dir: Path, names: list[str]) -> dict[str, str]:
@@ -342,3 +351,37 @@ def test_peak_memory_does_not_grow_with_image_count(tmp_path, workers):
     for who, a, b in zip(["caller", "workers"], small, large, strict=True):
         print(f"peak RSS of the {who}: {a:.1f} -> {b:.1f} MiB")
         assert b - a < 20, f"peak RSS of the {who}: {a:.0f} MiB for 200 images, {b:.0f} MiB for 1000"
+
+
+@pytest.mark.parametrize(
+    ("prelude", "expected"),
+    [
+        ("", "fork"),  # the build_cache stage: nothing but numpy, pandas, PIL loaded
+        ("import torch", "forkserver"),  # torch's thread pools are not to be forked
+        ("import threading, time; threading.Thread(target=time.sleep, args=(5,), daemon=True).start()",
+         "forkserver"),  # another thread could hold a lock the child would inherit
+    ],
+)
+def test_workers_are_forked_only_where_it_is_safe(prelude, expected):
+    code = f"{prelude}\nfrom deepfake_workflow.cache import _pool_context\nprint(_pool_context().get_start_method())"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == expected
+
+
+def test_rows_the_disk_refuses_to_take_directly_go_through_the_page_cache(tmp_path, monkeypatch):
+    # With "pages" of 256 bytes, rows of 768 bytes are opened for direct I/O, but their file
+    # offsets are not 4 KiB aligned and ext4 refuses the writes (EINVAL): every row must
+    # still land, through the ordinary descriptor.
+    monkeypatch.setattr(cache_module, "_PAGE", 256)
+    img_dir = tmp_path / "imgs"
+    names = _make_images(img_dir, 9)
+    job = cache_module._Job(str(tmp_path / "probe.npy"), 256, str(img_dir), SIZE, "squash", None)
+    (tmp_path / "probe.npy").write_bytes(b"")
+    fd = cache_module._open_direct(job)
+    assert fd is not None  # the fallback below is what is under test
+    os.close(fd)
+    for workers in (1, 2):
+        build_cache(_items(names), img_dir, tmp_path / f"c{workers}", size=SIZE, resize="squash",
+                    workers=workers, progress=False)
+        cached = np.load(tmp_path / f"c{workers}" / "images.npy")
+        assert cached.tobytes() == np.stack([load_rgb(img_dir / n, SIZE, "squash") for n in names]).tobytes()
