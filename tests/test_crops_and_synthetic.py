@@ -8,9 +8,17 @@ import torch
 from PIL import Image
 
 from deepfake_workflow.checkpoint import load_checkpoint
-from deepfake_workflow.crops import cut, grid_origins, grid_per_side, picture_boxes, pool_crops, random_origins
+from deepfake_workflow.crops import (
+    cut,
+    grid_origins,
+    grid_per_side,
+    picture_boxes,
+    picture_shifts,
+    pool_crops,
+    random_origins,
+)
 from deepfake_workflow.errors import DataError
-from deepfake_workflow.imageio import load_rgb_and_size, picture_box
+from deepfake_workflow.imageio import load_rgb, load_rgb_and_size, picture_box
 from deepfake_workflow.inference import predict_images
 from deepfake_workflow.loader import CacheBatches, CropPlan
 from deepfake_workflow.synthetic import SyntheticFakes
@@ -37,6 +45,44 @@ def test_random_crops_stay_inside_the_picture():
         xy = random_origins(boxes, 16, rng)
         for (x, y), (bx, by, bw, bh) in zip(xy, boxes, strict=True):
             assert bx <= x <= bx + max(bw - 16, 0) and by <= y <= by + max(bh - 16, 0)
+
+
+@pytest.mark.parametrize("w, h", [(77, 70), (50, 93), (64, 64), (130, 41)])
+def test_aligned_crops_fall_on_the_originals_grid_in_training_and_scoring(tmp_path, w, h):
+    # A picture larger than the 64 px cache on some side is centre-cropped (its pixel (0, 0)
+    # lies at an odd place of the original), smaller ones are padded: crops with align 8 must
+    # start on multiples of 8 of the *original* image, checked against the decoded original.
+    rng = np.random.default_rng(w * h)
+    original = rng.integers(0, 256, (h, w, 3), dtype=np.uint8)
+    Image.fromarray(original).save(tmp_path / "p.png")
+    cached, (ow, oh) = load_rgb_and_size(tmp_path / "p.png", 64, "native_crop")
+    index = pd.DataFrame({"orig_width": [ow], "orig_height": [oh]})
+    boxes, shifts = picture_boxes(index, 64, "native_crop"), picture_shifts(index, 64, "native_crop")
+    crop = 16
+    origins = np.concatenate([random_origins(boxes, crop, rng, shifts, 8) for _ in range(50)]
+                             + [grid_origins(boxes[0], crop, None, shifts[0], 8),
+                                grid_origins(boxes[0], crop, 3, shifts[0], 8)])
+    for x, y in origins:
+        ox, oy = x + shifts[0, 0], y + shifts[0, 1]  # the crop's corner in the original
+        assert ox % 8 == 0 and oy % 8 == 0
+        piece = cut(cached[None], np.array([0]), np.array([[x, y]]), boxes, crop)[0]
+        n_y, n_x = min(crop, oh - oy), min(crop, ow - ox)
+        assert (piece[:n_y, :n_x] == original[oy:oy + n_y, ox:ox + n_x]).all()
+    # the aligned grid still covers the picture, but for edges narrower than the grid step
+    covered = np.zeros((64, 64), bool)
+    for x, y in grid_origins(boxes[0], crop, None, shifts[0], 8):
+        covered[y:y + crop, x:x + crop] = True
+    x0, y0, bw, bh = boxes[0]
+    assert covered[y0 + 7:y0 + bh - 7, x0 + 7:x0 + bw - 7].all()
+
+
+def test_unaligned_crops_are_drawn_as_before_and_align_spreads_over_the_grid():
+    boxes = np.array([[0, 0, 64, 64], [5, 3, 40, 50]])
+    shifts = np.array([[3, 0], [0, 1]])
+    a, b = np.random.default_rng(4), np.random.default_rng(4)
+    assert (random_origins(boxes, 16, a) == random_origins(boxes, 16, b, shifts, 1)).all()
+    xs = {int(random_origins(boxes, 16, a, shifts, 8)[0, 0]) for _ in range(300)}
+    assert xs == {5, 13, 21, 29, 37, 45}  # every x with (x + 3) % 8 == 0 in [0, 48]
 
 
 def test_a_crop_never_shows_padding_and_zero_fills_a_small_picture():

@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 
 from .errors import DataError
-from .imageio import picture_box
+from .imageio import centre_span, picture_box
 
 SIZE_COLUMNS = ("orig_width", "orig_height")
 
@@ -34,31 +34,84 @@ def picture_boxes(index: pd.DataFrame, size: int, resize: str) -> np.ndarray:
                     dtype=np.int64).reshape(-1, 4)
 
 
+def picture_shifts(index: pd.DataFrame, size: int, resize: str) -> np.ndarray:
+    """(N, 2) int64: where each cached square's pixel (0, 0) lies in the original image (x, y).
+
+    Only a native_crop cache keeps original pixels at a fixed offset (its centre crop or
+    padding); resampled caches have no such grid, and count as 0.
+    """
+    shifts = np.zeros((len(index), 2), np.int64)
+    if resize != "native_crop" or not all(c in index.columns for c in SIZE_COLUMNS):
+        return shifts
+    for axis, column in enumerate(SIZE_COLUMNS):
+        for i, length in enumerate(index[column].to_numpy()):
+            src, dst, _ = centre_span(int(length), size)
+            shifts[i, axis] = src - dst
+    return shifts
+
+
+def _aligned_range(lo: np.ndarray, hi: np.ndarray, shift: np.ndarray, align: int) -> tuple[np.ndarray, np.ndarray]:
+    """First origin in [lo, hi] with (origin + shift) % align == 0, and how many there are
+    (0 where none: a range shorter than `align` that misses the grid)."""
+    first = lo + (-(lo + shift)) % align
+    count = np.where(first <= hi, (hi - first) // align + 1, 0)
+    return first, count
+
+
 def grid_per_side(length: int, crop: int) -> int:
     """Crops along one side that cover `length` pixels with `crop` crops."""
     return max(1, math.ceil(length / crop))
 
 
-def random_origins(boxes: np.ndarray, crop: int, rng: np.random.Generator) -> np.ndarray:
-    """(B, 2) top-left corners (x, y) of one random crop inside each box."""
-    x0, y0, w, h = (boxes[:, i] for i in range(4))
+def random_origins(boxes: np.ndarray, crop: int, rng: np.random.Generator,
+                   shifts: np.ndarray | None = None, align: int = 1) -> np.ndarray:
+    """(B, 2) top-left corners (x, y) of one random crop inside each box.
+
+    With `align` > 1 the corner is drawn among the positions that fall on multiples of
+    `align` in the original image (`shifts`: see picture_shifts): with 8, the JPEG block grid
+    lies at the same place in every crop, so a region compressed on another grid stands out.
+    """
     u = rng.random((len(boxes), 2))
-    x = x0 + np.floor(u[:, 0] * (np.maximum(w - crop, 0) + 1)).astype(np.int64)
-    y = y0 + np.floor(u[:, 1] * (np.maximum(h - crop, 0) + 1)).astype(np.int64)
-    return np.stack([x, y], axis=1)
+    corners = []
+    for axis in range(2):
+        lo, length = boxes[:, axis], boxes[:, axis + 2]
+        hi = lo + np.maximum(length - crop, 0)
+        free = lo + np.floor(u[:, axis] * (hi - lo + 1)).astype(np.int64)
+        if align > 1:
+            first, count = _aligned_range(lo, hi, shifts[:, axis], align)
+            free = np.where(count > 0, first + np.floor(u[:, axis] * count).astype(np.int64) * align, free)
+        corners.append(free)
+    return np.stack(corners, axis=1)
 
 
-def grid_origins(box: np.ndarray, crop: int, per_side: int | None = None) -> np.ndarray:
+def grid_origins(box: np.ndarray, crop: int, per_side: int | None = None,
+                 shift: np.ndarray | None = None, align: int = 1) -> np.ndarray:
     """(n, 2) corners of crops spread evenly over one box, overlapping where they must.
 
     `per_side` crops along each side, or None: the fewest that cover the box (a 500x300
-    picture with 192 px crops gets 3 x 2), so small pictures cost few crops.
+    picture with 192 px crops gets 3 x 2), so small pictures cost few crops. With `align`,
+    each corner moves to the nearest position on that grid of the original image inside the
+    box, as in training (see random_origins); edge strips narrower than `align` may then
+    go unscored.
     """
-    x0, y0, w, h = (int(v) for v in box)
-    nx = per_side or grid_per_side(w, crop)
-    ny = per_side or grid_per_side(h, crop)
-    xs = np.linspace(x0, x0 + max(w - crop, 0), nx).round().astype(np.int64)
-    ys = np.linspace(y0, y0 + max(h - crop, 0), ny).round().astype(np.int64)
+    steps = []
+    for axis in range(2):
+        lo, length = int(box[axis]), int(box[axis + 2])
+        hi = lo + max(length - crop, 0)
+        count = per_side or grid_per_side(length, crop)
+        positions = np.linspace(lo, hi, count).round().astype(np.int64)
+        if align > 1:
+            first, on_grid = _aligned_range(np.int64(lo), np.int64(hi), np.int64(shift[axis]), align)
+            if on_grid > 1:
+                if per_side is None:  # enough crops that steps rounded to the grid leave no gap
+                    count = max(count, 1 + math.ceil((on_grid - 1) / max(1, crop // align)))
+                steps_on_grid = np.linspace(0, on_grid - 1, count).round().astype(np.int64)
+                positions = first + steps_on_grid * align
+            elif on_grid == 1:
+                positions = np.full(count, first)
+            positions = np.unique(positions)  # one crop per grid position
+        steps.append(positions)
+    xs, ys = steps
     return np.array([(x, y) for y in ys for x in xs], dtype=np.int64)
 
 

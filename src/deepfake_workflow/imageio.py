@@ -168,8 +168,8 @@ def picture_box(resize: str, width: int, height: int, size: int) -> tuple[int, i
     if resize in ("squash", "center_crop"):
         return 0, 0, size, size
     if resize == "native_crop":
-        _, dst_x, n_x = _centre_span(width, size)
-        _, dst_y, n_y = _centre_span(height, size)
+        _, dst_x, n_x = centre_span(width, size)
+        _, dst_y, n_y = centre_span(height, size)
         return dst_x, dst_y, n_x, n_y
     new_w, new_h = _resampled_size("letterbox", width, height, size)
     return (size - new_w) // 2, (size - new_h) // 2, new_w, new_h
@@ -197,8 +197,8 @@ def _resample(im: Image.Image, size: int, resize: str) -> np.ndarray:
 def _native_crop(im: Image.Image, size: int) -> np.ndarray:
     """Centre size x size window of the original pixels, zero-padded where too small."""
     width, height = im.size
-    src_x, dst_x, n_x = _centre_span(width, size)
-    src_y, dst_y, n_y = _centre_span(height, size)
+    src_x, dst_x, n_x = centre_span(width, size)
+    src_y, dst_y, n_y = centre_span(height, size)
     # Crop before converting the mode: conversion is per pixel, so the order is exact.
     window = _to_rgb(im.crop((src_x, src_y, src_x + n_x, src_y + n_y)))
     out = np.zeros((size, size, 3), np.uint8)
@@ -206,7 +206,7 @@ def _native_crop(im: Image.Image, size: int) -> np.ndarray:
     return out
 
 
-def _centre_span(length: int, size: int) -> tuple[int, int, int]:
+def centre_span(length: int, size: int) -> tuple[int, int, int]:
     """(source start, destination start, count) of a centred window along one axis."""
     if length >= size:
         return (length - size) // 2, 0, size

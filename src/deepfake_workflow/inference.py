@@ -100,12 +100,13 @@ def predict_log_probs(model: nn.Module, batches: Iterable, *, device: torch.devi
 def predict_images(model: nn.Module, meta: dict, images: np.ndarray, *, batch_size: int = 64,
                    tta: str = "none", device: str = "auto", num_workers: int = 0,
                    precision: str = "auto", progress: bool = True, boxes: np.ndarray | None = None,
-                   crops: int | str = "auto") -> np.ndarray:
+                   crops: int | str = "auto", shifts: np.ndarray | None = None) -> np.ndarray:
     """P(fake) as float64 in [0, 1] for every image of a uint8 (N,S,S,3) array.
 
     A model trained on crops (`meta["crop_size"]`) scores a grid of crops per image, inside
     `boxes` (where each picture lies in its square; None = the whole square); `crops` is
-    the grid's crops per side (`auto`: enough to cover the picture).
+    the grid's crops per side (`auto`: enough to cover the picture); with the model's
+    `crop_align`, crops fall on that grid of the originals (`shifts`: crops.picture_shifts).
     """
     if images.ndim != 4 or images.shape[-1] != 3 or images.dtype != np.uint8:
         raise DataError(f"images: expected uint8 (N,S,S,3), got {images.dtype} {images.shape}")
@@ -117,7 +118,8 @@ def predict_images(model: nn.Module, meta: dict, images: np.ndarray, *, batch_si
     channels_last = True  # faster with cuDNN and with oneDNN (CPU) alike
     model = model.to(dev, memory_format=torch.channels_last)
     mean, std = normalisation(meta["mean"], meta["std"], dev)
-    plan_crops = scoring_crops(meta.get("crop_size"), images.shape[1], boxes, len(images), crops)
+    plan_crops = scoring_crops(meta.get("crop_size"), images.shape[1], boxes, len(images), crops,
+                               shifts, meta.get("crop_align", 1))
     most = crops_per_image(meta.get("crop_size"), images.shape[1]) if crops == "auto" else int(crops) ** 2
     per_batch = batch_size if plan_crops is None else max(1, batch_size // most)
     plan = BatchPlan(sequential_keys(np.arange(len(images)), per_batch))

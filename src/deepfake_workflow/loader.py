@@ -43,11 +43,14 @@ class CropPlan:
     """Native-pixel crops of `size` px inside `boxes` (where each picture lies in its cached
     square; see crops.picture_boxes): one random crop per image for a batch with a seed
     (training), else a grid per image (scoring): `per_side` x `per_side` crops, or with
-    None the fewest crops that cover each picture."""
+    None the fewest crops that cover each picture. With `align` > 1, corners fall on that
+    grid of the original images (`shifts`: crops.picture_shifts)."""
 
     size: int
     boxes: np.ndarray
     per_side: int | None = None
+    shifts: np.ndarray | None = None
+    align: int = 1
 
 
 class CacheBatches(Dataset):
@@ -83,9 +86,13 @@ class CacheBatches(Dataset):
             batch = np.ascontiguousarray(self.images[rows])
         elif rng is not None:  # training: one random crop per image, drawn first
             boxes = self.crops.boxes[rows]
-            batch = cut(self.images, rows, random_origins(boxes, self.crops.size, rng), boxes, self.crops.size)
+            shifts = None if self.crops.shifts is None else self.crops.shifts[rows]
+            origins = random_origins(boxes, self.crops.size, rng, shifts, self.crops.align)
+            batch = cut(self.images, rows, origins, boxes, self.crops.size)
         else:  # scoring: a grid of crops per image
-            per_image = [grid_origins(self.crops.boxes[r], self.crops.size, self.crops.per_side) for r in rows]
+            plan = self.crops
+            per_image = [grid_origins(plan.boxes[r], plan.size, plan.per_side,
+                                      None if plan.shifts is None else plan.shifts[r], plan.align) for r in rows]
             counts = [len(o) for o in per_image]
             batch = cut(self.images, np.repeat(rows, counts), np.concatenate(per_image),
                         np.repeat(self.crops.boxes[rows], counts, axis=0), self.crops.size)
@@ -194,15 +201,19 @@ def prepare_batch(batch: dict, device: torch.device, mean: torch.Tensor, std: to
 
 
 def scoring_crops(crop_size: int | None, image_size: int, boxes: np.ndarray | None, n: int,
-                  per_side: int | str = "auto") -> CropPlan | None:
+                  per_side: int | str = "auto", shifts: np.ndarray | None = None, align: int = 1) -> CropPlan | None:
     """The crop grid that scores `n` cached images of a model trained on `crop_size` crops
-    (None: the model saw whole images, no crops). `auto` covers each picture."""
+    (None: the model saw whole images, no crops). `auto` covers each picture; `align` as the
+    model's training crops (without `shifts` the squares count as the originals' corners)."""
     if not crop_size:
         return None
     check_crop_size(int(crop_size), image_size)
     if boxes is None:
         boxes = np.tile(np.array([0, 0, image_size, image_size], np.int64), (n, 1))
-    return CropPlan(size=int(crop_size), boxes=boxes, per_side=None if per_side == "auto" else int(per_side))
+    if shifts is None:
+        shifts = np.zeros((n, 2), np.int64)
+    return CropPlan(size=int(crop_size), boxes=boxes, per_side=None if per_side == "auto" else int(per_side),
+                    shifts=shifts, align=align)
 
 
 def crops_per_image(crop_size: int | None, image_size: int) -> int:

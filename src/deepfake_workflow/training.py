@@ -32,7 +32,7 @@ from .atomic import write_csv, write_json
 from .augment import Augmenter
 from .checkpoint import FoldState, cpu_state, load_resume_state, save_checkpoint, save_resume_state
 from .config import section_defaults, validate_section
-from .crops import check_crop_size, picture_boxes
+from .crops import check_crop_size, picture_boxes, picture_shifts
 from .devices import resolve_device
 from .distributed import Ranks
 from .errors import ConfigError, DataError
@@ -417,7 +417,8 @@ def train_fold(*, images: np.ndarray, index: pd.DataFrame, folds: pd.DataFrame, 
                                           targets, resize),
                   train_rows=train_rows, val_rows=val_rows, targets=targets, device=device,
                   progress=progress and ranks.main, on_epoch_end=on_epoch_end,
-                  checkpoint_meta={"resize": resize, "crop_size": cfg["crop_size"], **(checkpoint_meta or {})},
+                  checkpoint_meta={"resize": resize, "crop_size": cfg["crop_size"], "crop_align": cfg["crop_align"],
+                                   **(checkpoint_meta or {})},
                   ranks=ranks)
     resumed = load_resume_state(run.resume_path, run.fingerprint)
     if distributed.from_main(_epoch_of(resumed)) != _epoch_of(resumed):  # one state for all processes
@@ -498,8 +499,10 @@ def _train(run: FoldRun, resumed: FoldState | None) -> dict:
     train_crops = val_crops = None
     if cfg["crop_size"] is not None:
         boxes = picture_boxes(run.index, image_size, run.checkpoint_meta["resize"])
-        train_crops = CropPlan(size=cfg["crop_size"], boxes=boxes)
-        val_crops = CropPlan(size=cfg["crop_size"], boxes=boxes)  # covering each picture, as predict's auto
+        shifts = picture_shifts(run.index, image_size, run.checkpoint_meta["resize"])
+        train_crops = CropPlan(size=cfg["crop_size"], boxes=boxes, shifts=shifts, align=cfg["crop_align"])
+        # covering each picture, as predict's auto
+        val_crops = CropPlan(size=cfg["crop_size"], boxes=boxes, shifts=shifts, align=cfg["crop_align"])
     random_draws = ctx.augmenter is not None or train_crops is not None or synthetic.active
     val_batch = cfg["batch_size"] // crops_per_image(cfg["crop_size"], image_size)
     # the held-out batches are shared out whole, every world-th one to each process
