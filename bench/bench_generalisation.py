@@ -24,9 +24,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import os
 import shutil
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -38,11 +36,11 @@ from sklearn.metrics import roc_auc_score
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import realphoto_data as rd  # noqa: E402
+from workflow_run import REPO, run_logged  # noqa: E402
 
 from deepfake_workflow.config import deep_merge, expand_dotted_keys, parse_override  # noqa: E402
 from deepfake_workflow.errors import ConfigError  # noqa: E402
 
-REPO = Path(__file__).resolve().parent.parent
 SHORTCUT_LIMIT = 0.65  # a per-image global statistic this predictive would be a label leak
 
 
@@ -126,21 +124,7 @@ def run_workflow(config: Path, overrides: dict, data_dir: Path, work_dir: Path, 
     merged.write_text(yaml.safe_dump(cfg, sort_keys=False), encoding="utf-8")
     cmd = [sys.executable, "-m", "snakemake", "--cores", str(cores), "--resources", "gpu=1",
            "--configfile", str(merged)]
-    env = dict(os.environ)
-    # the rules call `python`: the same interpreter; the library of this checkout
-    env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")])
-    env["PYTHONPATH"] = os.pathsep.join(p for p in [str(REPO / "src"), env.get("PYTHONPATH")] if p)
-    log = work_dir / "snakemake.log"
-    print(f"workflow: {' '.join(cmd)}  (cwd {REPO}, log {log})", flush=True)
-    started = time.perf_counter()
-    with open(log, "w", encoding="utf-8") as fh:
-        rc = subprocess.call(cmd, cwd=REPO, env=env, stdout=fh, stderr=subprocess.STDOUT)
-    seconds = time.perf_counter() - started
-    if rc != 0:
-        tail = log.read_text(encoding="utf-8", errors="replace").splitlines()[-40:]
-        print("\n".join(tail), file=sys.stderr)
-        sys.exit(f"snakemake failed (exit {rc}) after {seconds:.0f} s; full log: {log}")
-    return seconds
+    return run_logged(cmd, REPO, work_dir / "snakemake.log")
 
 
 # --------------------------------------------------------------------------- scoring

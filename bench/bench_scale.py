@@ -42,7 +42,9 @@ import numpy as np
 import yaml
 from PIL import Image
 
-REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from workflow_run import REPO, run_logged, workflow_env  # noqa: E402
+
 SPLITS = {  # split: (share of N, image folder, label file, share of fakes)
     "train": (0.70, "phase1/trainset", "phase1/trainset_label.txt", 0.8),
     "val": (0.15, "phase1/valset", "phase1/valset_label.txt", 0.6),
@@ -166,15 +168,10 @@ def workflow_config(data: Path, size: int, folds: int) -> dict:
     }
 
 
-def snakemake_command(work: Path, cores: int, *extra: str) -> tuple[list[str], dict]:
-    cmd = [sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile"), "-d", str(work),
-           "--configfile", str(work / "config.yaml"), "--cores", str(cores), "--resources", "gpu=1",
-           "--workflow-profile", "none", *extra]
-    env = dict(os.environ, PYTHONUNBUFFERED="1")
-    # the rules call `python`: this interpreter, with this checkout's library
-    env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")])
-    env["PYTHONPATH"] = os.pathsep.join(p for p in [str(REPO / "src"), env.get("PYTHONPATH")] if p)
-    return cmd, env
+def snakemake_command(work: Path, cores: int, *extra: str) -> list[str]:
+    return [sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile"), "-d", str(work),
+            "--configfile", str(work / "config.yaml"), "--cores", str(cores), "--resources", "gpu=1",
+            "--workflow-profile", "none", *extra]
 
 
 def run_workflow(work: Path, config: dict, cores: int) -> tuple[float, float]:
@@ -184,19 +181,10 @@ def run_workflow(work: Path, config: dict, cores: int) -> tuple[float, float]:
     work.mkdir(parents=True)
     (work / "scripts").symlink_to(REPO / "scripts")  # the rules run `python scripts/<stage>.py`
     (work / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False), encoding="utf-8")
-    cmd, env = snakemake_command(work, cores)
-    log = work / "snakemake.log"
-    print(f"workflow: {' '.join(cmd)}  (log {log})", flush=True)
+    seconds = run_logged(snakemake_command(work, cores), work, work / "snakemake.log")
     started = time.perf_counter()
-    with open(log, "w", encoding="utf-8") as fh:
-        rc = subprocess.call(cmd, cwd=work, env=env, stdout=fh, stderr=subprocess.STDOUT)
-    seconds = time.perf_counter() - started
-    if rc != 0:
-        print("\n".join(log.read_text(encoding="utf-8", errors="replace").splitlines()[-40:]), file=sys.stderr)
-        sys.exit(f"snakemake failed (exit {rc}) after {seconds:.0f} s; full log: {log}")
-    cmd, env = snakemake_command(work, cores, "-n")
-    started = time.perf_counter()
-    dry = subprocess.run(cmd, cwd=work, env=env, capture_output=True, text=True)
+    dry = subprocess.run(snakemake_command(work, cores, "-n"), cwd=work, env=workflow_env(),
+                         capture_output=True, text=True)
     dry_seconds = time.perf_counter() - started
     if dry.returncode != 0 or "Nothing to be done" not in dry.stdout + dry.stderr:
         sys.exit(f"snakemake -n on the finished run did not say 'Nothing to be done':\n{dry.stdout}{dry.stderr}")
