@@ -19,6 +19,7 @@ run. The numbers are kept in <out>/scale.json; `--table` puts several runs side 
     python bench/bench_scale.py --n 20000
     python bench/bench_scale.py --n 50000            # the default N; ~9 GB of JPEGs
     python bench/bench_scale.py --table bench/.runs/scale-5000/scale.json bench/.runs/scale-20000/scale.json
+    python bench/bench_scale.py --n 20000 --dvc      # then the same stages by `dvc repro`: .dvc/cache, dvc status
 
 The generated data is kept (and reused by a rerun with the same N and seed) under
 bench/.runs/scale-<N>/data; every run starts the workflow from scratch in .../work.
@@ -191,6 +192,61 @@ def run_workflow(work: Path, config: dict, cores: int) -> tuple[float, float]:
     return seconds, dry_seconds
 
 
+DVC_PROJECT_FILES = ["Snakefile", "rules", "scripts", "src", "report", "envs", ".dvcignore"]
+
+
+def _tree_bytes(path: Path) -> int:
+    return sum(p.stat().st_size for p in path.rglob("*") if p.is_file() and not p.is_symlink())
+
+
+def run_dvc(project: Path, config: dict) -> dict:
+    """The same stages through `dvc repro` in a fresh git + DVC project: its wall time, what
+    .dvc/cache holds after it (against the results it wrote), and `dvc status` times."""
+    if project.exists():
+        shutil.rmtree(project)
+    project.mkdir(parents=True)
+    for name in DVC_PROJECT_FILES:
+        src = REPO / name
+        if src.is_dir():
+            shutil.copytree(src, project / name, ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
+        else:
+            shutil.copy(src, project / name)
+    (project / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False), encoding="utf-8")
+    # what the repository's .gitignore ignores under results/ (DVC git-ignores what it stores)
+    (project / ".gitignore").write_text("/results/state/\n/results/logs/\n/results/benchmarks/\n/.snakemake/\n"
+                                        "/results/data/raw/\n/results/cache/*/images.npy\n")
+    env = dict(workflow_env(), DVC_NO_ANALYTICS="1", GIT_AUTHOR_NAME="bench", GIT_COMMITTER_NAME="bench",
+               GIT_AUTHOR_EMAIL="bench@example.invalid", GIT_COMMITTER_EMAIL="bench@example.invalid")
+    dvc = str(Path(sys.executable).parent / "dvc")
+
+    def call(*cmd: str) -> None:
+        done = subprocess.run(cmd, cwd=project, env=env, capture_output=True, text=True)
+        if done.returncode != 0:
+            sys.exit(f"{' '.join(cmd)} failed (exit {done.returncode}) in {project}:\n{done.stdout}{done.stderr}")
+
+    call(sys.executable, str(REPO / "scripts/write_dvc_yaml.py"), "--workdir", str(project))
+    call("git", "init", "-q")
+    call(dvc, "init", "-q")
+    call("git", "add", "-A")
+    call("git", "commit", "-qm", "project")
+    repro_s = run_logged([dvc, "repro"], project, project / "dvc-repro.log")
+    status_s = []
+    for _ in range(3):
+        started = time.perf_counter()
+        status = subprocess.run([dvc, "status"], cwd=project, env=env, capture_output=True, text=True)
+        status_s.append(round(time.perf_counter() - started, 2))
+        if status.returncode != 0 or "up to date" not in status.stdout:
+            sys.exit(f"dvc status after dvc repro is not up to date:\n{status.stdout}{status.stderr}")
+    result = {"repro_s": round(repro_s, 1), "status_s": status_s,
+              "dvc_cache_bytes": _tree_bytes(project / ".dvc" / "cache"),
+              "results_bytes": _tree_bytes(project / "results"),
+              "image_cache_bytes": sum(p.stat().st_size for p in (project / "results" / "cache").glob("*/images.npy"))}
+    print(f"dvc repro {result['repro_s']} s; .dvc/cache {result['dvc_cache_bytes'] / 1e6:.1f} MB "
+          f"(results/ {result['results_bytes'] / 1e6:.1f} MB, of which images.npy "
+          f"{result['image_cache_bytes'] / 1e6:.1f} MB); dvc status {status_s} s")
+    return result
+
+
 def _outputs(job: str) -> list[str]:
     """The paths (under results/) each job writes, by its benchmark file's name."""
     if job == "fetch_data":
@@ -301,6 +357,9 @@ def main(argv=None) -> int:
     p.add_argument("--size", type=int, default=64, help="cache side in px (default 64)")
     p.add_argument("--folds", type=int, default=2, help="folds (default 2)")
     p.add_argument("--table", type=Path, nargs="+", metavar="SCALE_JSON", help="print these runs side by side")
+    p.add_argument("--dvc", action="store_true",
+                   help="then run the same stages with `dvc repro` in a fresh project (<out>/dvc): "
+                        ".dvc/cache size and `dvc status` time")
     args = p.parse_args(argv)
     if args.table:
         print_table(args.table)
@@ -317,8 +376,10 @@ def main(argv=None) -> int:
               "data": data, "workflow_s": round(run_s, 1), "dry_run_s": round(dry_s, 2),
               "load_before": load_before, "load_after": round(os.getloadavg()[0], 2),
               "jobs": read_jobs(out / "work", counts)}
-    (out / "scale.json").write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
     print_jobs(result)
+    if args.dvc:
+        result["dvc"] = run_dvc(out / "dvc", workflow_config(out / "data", args.size, args.folds))
+    (out / "scale.json").write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
     print(f"wrote {out / 'scale.json'}")
     return 0
 
