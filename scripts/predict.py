@@ -32,7 +32,8 @@ def main() -> None:
         model, meta = load_checkpoint(args.checkpoint)
         probs = predict_images(model, meta, images, batch_size=config["predict"]["batch_size"],
                                tta=config["predict"]["tta"], device=config["train"]["device"],
-                               progress=not args.no_progress, boxes=boxes, crops=config["predict"]["crops"], shifts=shifts)
+                               progress=not args.no_progress, boxes=boxes, crops=config["predict"]["crops"],
+                               shifts=shifts)
     write_csv(pd.DataFrame({"img_name": index["img_name"], "y_pred": probs}), args.out)
     print(f"{len(probs)} predictions -> {args.out}")
 

@@ -30,6 +30,7 @@ from pathlib import Path
 
 import yaml
 
+from deepfake_workflow.atomic import write_text
 from deepfake_workflow.config import expand_dotted_keys, load_config
 from deepfake_workflow.sources import PACKAGE, PACKAGE_DIR
 
@@ -184,7 +185,7 @@ def add_keys(path: Path, missing: dict) -> None:
     merge(doc, missing)
     out = io.StringIO()
     rt.dump(doc, out)
-    path.write_text(out.getvalue(), encoding="utf-8")
+    write_text(path, out.getvalue())  # atomic: a kill never leaves the user's config half written
 
 
 def template(text: str, wildcards: dict) -> str:

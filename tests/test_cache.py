@@ -1,9 +1,7 @@
 """Image cache: layout, order, bad images, atomic replacement, flat memory."""
 from __future__ import annotations
 
-import io
 import json
-import multiprocessing
 import os
 import re
 import subprocess
@@ -95,14 +93,11 @@ def test_one_worker_gives_the_same_cache(tmp_path):
 
 
 @pytest.mark.parametrize("size", [16, 64])  # rows of 768 bytes go through the page cache, of 3 pages direct
-@pytest.mark.parametrize("start_method", ["fork", "forkserver"])
 @pytest.mark.parametrize("resize", ["squash", "center_crop", "letterbox", "native_crop"])
-def test_cache_file_is_byte_for_byte_the_reference_decoding(tmp_path, monkeypatch, resize, start_method, size):
+def test_cache_file_is_byte_for_byte_the_reference_decoding(tmp_path, resize, size):
     # Photo-like JPEGs 1x-10x the cache side (JPEG draft decoding at DCT scale 2, 4, 8), many
     # chunks per process, a bad file among them: images.npy must hold exactly the reference
-    # decoder's rows (imageio.load_rgb, one image at a time), whichever way the workers were
-    # started (the pool is made differently for each) and the rows written.
-    monkeypatch.setattr(cache_module, "_pool_context", lambda: multiprocessing.get_context(start_method))
+    # decoder's rows (imageio.load_rgb, one image at a time), whichever way the rows were written.
     img_dir = tmp_path / "imgs"
     img_dir.mkdir()
     rng = np.random.default_rng(7)
@@ -351,21 +346,6 @@ def test_peak_memory_does_not_grow_with_image_count(tmp_path, workers):
     for who, a, b in zip(["caller", "workers"], small, large, strict=True):
         print(f"peak RSS of the {who}: {a:.1f} -> {b:.1f} MiB")
         assert b - a < 20, f"peak RSS of the {who}: {a:.0f} MiB for 200 images, {b:.0f} MiB for 1000"
-
-
-@pytest.mark.parametrize(
-    ("prelude", "expected"),
-    [
-        ("", "fork"),  # the build_cache stage: nothing but numpy, pandas, PIL loaded
-        ("import torch", "forkserver"),  # torch's thread pools are not to be forked
-        ("import threading, time; threading.Thread(target=time.sleep, args=(5,), daemon=True).start()",
-         "forkserver"),  # another thread could hold a lock the child would inherit
-    ],
-)
-def test_workers_are_forked_only_where_it_is_safe(prelude, expected):
-    code = f"{prelude}\nfrom deepfake_workflow.cache import _pool_context\nprint(_pool_context().get_start_method())"
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
-    assert out.strip() == expected
 
 
 def test_rows_the_disk_refuses_to_take_directly_go_through_the_page_cache(tmp_path, monkeypatch):

@@ -8,6 +8,7 @@ import torch
 from PIL import Image
 
 from deepfake_workflow.checkpoint import load_checkpoint
+from deepfake_workflow.config import validate_config
 from deepfake_workflow.crops import (
     cut,
     grid_origins,
@@ -17,10 +18,11 @@ from deepfake_workflow.crops import (
     pool_crops,
     random_origins,
 )
-from deepfake_workflow.errors import DataError
-from deepfake_workflow.imageio import load_rgb, load_rgb_and_size, picture_box
+from deepfake_workflow.errors import ConfigError, DataError
+from deepfake_workflow.imageio import load_rgb_and_size, picture_box
 from deepfake_workflow.inference import predict_images
 from deepfake_workflow.loader import CacheBatches, CropPlan
+from deepfake_workflow.scoring import score_images
 from deepfake_workflow.synthetic import SyntheticFakes
 from deepfake_workflow.training import train_fold
 
@@ -197,3 +199,42 @@ def test_a_crop_larger_than_the_cache_is_a_clear_error(native_cache, tmp_path):
                    model_cfg={"name": "test_resnet", "pretrained": False},
                    train_cfg={"epochs": 1, "batch_size": 8, "crop_size": 96},
                    seed=1, out_dir=tmp_path / "out", state_dir=tmp_path / "state", progress=False)
+
+
+def test_a_model_trained_on_aligned_crops_scores_files_as_the_workflow_does(native_cache, tmp_path):
+    # The score command decodes files itself: it must put the crops on the same grid of the
+    # originals as training and the predict stage (picture_shifts), or the scores differ.
+    images, index, folds = native_cache
+    train_fold(images=images, index=index, folds=folds, fold=0,
+               model_cfg={"name": "test_resnet", "pretrained": False},
+               train_cfg={"epochs": 1, "batch_size": 8, "crop_size": 32, "crop_align": 8},
+               seed=1, out_dir=tmp_path / "out", state_dir=tmp_path / "state", progress=False,
+               resize="native_crop")
+    model, meta = load_checkpoint(tmp_path / "out/best.pt")
+    assert meta["crop_align"] == 8
+    rng = np.random.default_rng(3)
+    paths = []
+    for i, (w, h) in enumerate([(77, 70), (130, 41), (50, 93)]):  # odd centre crops and padding
+        paths.append(tmp_path / f"{i}.png")
+        Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8)).save(paths[-1])
+    decoded = [load_rgb_and_size(p, 64, "native_crop") for p in paths]
+    cached = np.stack([array for array, _ in decoded])
+    sizes = pd.DataFrame([size for _, size in decoded], columns=["orig_width", "orig_height"])
+    expected = predict_images(model, meta, cached, boxes=picture_boxes(sizes, 64, "native_crop"),
+                              shifts=picture_shifts(sizes, 64, "native_crop"), progress=False, device="cpu")
+    scored = score_images(paths, [tmp_path / "out/best.pt"], device="cpu")
+    assert np.allclose(scored.scores["y_pred"].to_numpy(), expected, atol=1e-6)
+
+
+def test_crop_align_needs_native_pixels_and_a_crop_size_on_its_grid(native_cache, tmp_path):
+    images, index, folds = native_cache
+    with pytest.raises(ConfigError, match="train.crop_align.*multiple"):
+        validate_config({"train": {"crop_size": 36, "crop_align": 8}})
+    with pytest.raises(ConfigError, match="train.crop_align.*multiple"):
+        validate_config({"train": {"crop_align": 8}})
+    with pytest.raises(ConfigError, match="train.crop_align.*resampled"):
+        train_fold(images=images, index=index, folds=folds, fold=0,
+                   model_cfg={"name": "test_resnet", "pretrained": False},
+                   train_cfg={"epochs": 1, "batch_size": 8, "crop_size": 32, "crop_align": 8},
+                   seed=1, out_dir=tmp_path / "out", state_dir=tmp_path / "state", progress=False,
+                   resize="squash")

@@ -25,13 +25,11 @@ from __future__ import annotations
 import concurrent.futures
 import errno
 import json
-import multiprocessing
 import mmap
+import multiprocessing
 import os
 import platform
 import struct
-import sys
-import threading
 import time
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass
@@ -302,15 +300,12 @@ def _run_chunks(
             for task in tasks:
                 yield task[0], writer.decode(task)
             return
-        context = _pool_context()
+        # Pool() returns once the workers run (the forkserver first imports this module and the
+        # caller's main: about half a second); started in a thread, it costs this process nothing.
         starting = concurrent.futures.ThreadPoolExecutor(1)
-        if context.get_start_method() == "fork":  # forked from this thread, while it is the only one
-            pool_future = concurrent.futures.Future()
-            pool_future.set_result(context.Pool(workers - 1, initializer=_worker_init, initargs=(job,)))
-        else:
-            # Pool() returns once the workers run (the forkserver first imports this module and the
-            # caller's main: about half a second); started in a thread, it costs this process nothing.
-            pool_future = starting.submit(context.Pool, workers - 1, initializer=_worker_init, initargs=(job,))
+        pool_future = starting.submit(
+            _pool_context().Pool, workers - 1, initializer=_worker_init, initargs=(job,)
+        )
         pool = None
         try:
             queued: list = []
@@ -339,16 +334,11 @@ def _run_chunks(
 
 
 def _pool_context() -> multiprocessing.context.BaseContext:
-    # fork where it is safe: this is the only Python thread and torch (whose thread pools fork
-    # copies in whatever state they are) is not loaded, as in the build_cache stage. Workers then
-    # start in milliseconds with nothing to import; the forkserver costs ~0.4 s of a core first.
-    methods = multiprocessing.get_all_start_methods()
-    if "fork" in methods and threading.active_count() == 1 and "torch" not in sys.modules:
-        return multiprocessing.get_context("fork")
-    # Otherwise forkserver: it imports the caller's main module and this one once, in a fresh
-    # single-threaded server, then forks every worker from it: one interpreter start-up
+    # Not fork: the caller may hold threads (torch, BLAS, tqdm's monitor) that fork would copy
+    # in a locked state. forkserver imports the caller's main module and this one once, in a
+    # fresh single-threaded server, then forks every worker from it: one interpreter start-up
     # instead of one per worker (spawn), which on 32 cores is 32 imports of pandas et al.
-    if "forkserver" not in methods:
+    if "forkserver" not in multiprocessing.get_all_start_methods():
         return multiprocessing.get_context("spawn")
     context = multiprocessing.get_context("forkserver")
     context.set_forkserver_preload(["__main__", __name__])  # takes effect if the server is not yet running
@@ -384,16 +374,19 @@ class _ChunkWriter:
         return results
 
     def _write(self, data: memoryview, position: int) -> None:
-        if self.direct_fd is not None:
-            try:
-                _pwrite_all(self.direct_fd, data, position)
-                return
-            except OSError as exc:
-                if exc.errno != errno.EINVAL:
-                    raise
-                os.close(self.direct_fd)  # this file system takes no direct writes: buffered from now on
-                self.direct_fd = None
-        _pwrite_all(self.fd, data, position)
+        try:
+            if self.direct_fd is not None:
+                try:
+                    _pwrite_all(self.direct_fd, data, position)
+                    return
+                except OSError as exc:
+                    if exc.errno != errno.EINVAL:
+                        raise
+                    os.close(self.direct_fd)  # this file system takes no direct writes: buffered from now on
+                    self.direct_fd = None
+            _pwrite_all(self.fd, data, position)
+        except OSError as exc:  # e.g. the disk filled up after the free-space check
+            raise DataError(f"writing {self.job.images_path} at byte {position}: {exc.strerror or exc}") from exc
 
     def close(self) -> None:
         os.close(self.fd)

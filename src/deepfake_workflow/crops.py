@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 
 from .errors import DataError
-from .imageio import centre_span, picture_box
+from .imageio import picture_box, picture_shift
 
 SIZE_COLUMNS = ("orig_width", "orig_height")
 
@@ -35,19 +35,13 @@ def picture_boxes(index: pd.DataFrame, size: int, resize: str) -> np.ndarray:
 
 
 def picture_shifts(index: pd.DataFrame, size: int, resize: str) -> np.ndarray:
-    """(N, 2) int64: where each cached square's pixel (0, 0) lies in the original image (x, y).
-
-    Only a native_crop cache keeps original pixels at a fixed offset (its centre crop or
-    padding); resampled caches have no such grid, and count as 0.
-    """
-    shifts = np.zeros((len(index), 2), np.int64)
-    if resize != "native_crop" or not all(c in index.columns for c in SIZE_COLUMNS):
-        return shifts
-    for axis, column in enumerate(SIZE_COLUMNS):
-        for i, length in enumerate(index[column].to_numpy()):
-            src, dst, _ = centre_span(int(length), size)
-            shifts[i, axis] = src - dst
-    return shifts
+    """(N, 2) int64: where each cached square's pixel (0, 0) lies in its original image
+    (see imageio.picture_shift); 0 for an index without the original sizes."""
+    if not all(c in index.columns for c in SIZE_COLUMNS):
+        return np.zeros((len(index), 2), np.int64)
+    widths, heights = index["orig_width"].to_numpy(), index["orig_height"].to_numpy()
+    return np.array([picture_shift(resize, int(w), int(h), size) for w, h in zip(widths, heights, strict=True)],
+                    dtype=np.int64).reshape(-1, 2)
 
 
 def _aligned_range(lo: np.ndarray, hi: np.ndarray, shift: np.ndarray, align: int) -> tuple[np.ndarray, np.ndarray]:
@@ -90,9 +84,10 @@ def grid_origins(box: np.ndarray, crop: int, per_side: int | None = None,
 
     `per_side` crops along each side, or None: the fewest that cover the box (a 500x300
     picture with 192 px crops gets 3 x 2), so small pictures cost few crops. With `align`,
-    each corner moves to the nearest position on that grid of the original image inside the
-    box, as in training (see random_origins); edge strips narrower than `align` may then
-    go unscored.
+    the corners are spread evenly over the positions on that grid of the original image
+    inside the box, as in training (see random_origins); edge strips narrower than `align`
+    may then go unscored. (A crop size that is a multiple of `align`, as the config
+    requires, keeps the crop count of the unaligned grid.)
     """
     steps = []
     for axis in range(2):

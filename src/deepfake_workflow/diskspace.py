@@ -29,7 +29,7 @@ def min_free_bytes() -> int:
         value = float(raw)
     except ValueError:
         value = -1.0
-    if not value >= 0:  # also refuses nan
+    if not 0 <= value < float("inf"):  # also refuses nan
         raise ConfigError(f"environment variable {MIN_FREE_ENV}={raw!r}: expected a number of GB >= 0")
     return int(value * 1e9)
 

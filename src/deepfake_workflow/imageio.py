@@ -175,6 +175,17 @@ def picture_box(resize: str, width: int, height: int, size: int) -> tuple[int, i
     return (size - new_w) // 2, (size - new_h) // 2, new_w, new_h
 
 
+def picture_shift(resize: str, width: int, height: int, size: int) -> tuple[int, int]:
+    """Where the cached square's pixel (0, 0) lies in the original image (x, y): only a
+    native_crop cache keeps original pixels at a fixed offset (its centre crop or padding);
+    resampled caches have no such grid and count as (0, 0)."""
+    if resize != "native_crop":
+        return 0, 0
+    src_x, dst_x, _ = centre_span(width, size)
+    src_y, dst_y, _ = centre_span(height, size)
+    return src_x - dst_x, src_y - dst_y
+
+
 def _resample(im: Image.Image, size: int, resize: str) -> np.ndarray:
     width, height = im.size
     if resize == "squash":

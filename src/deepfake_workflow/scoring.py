@@ -14,7 +14,7 @@ import numpy as np
 import pandas as pd
 
 from .errors import DataError
-from .imageio import ImageReadError, load_rgb_and_size, picture_box
+from .imageio import ImageReadError, load_rgb_and_size, picture_box, picture_shift
 from .labels import IMAGE_SUFFIXES
 
 ON_BAD_IMAGE = ("stop", "skip")
@@ -102,10 +102,11 @@ def score_images(paths: list[Path], checkpoints: list[Path], *, size: int | None
                 continue
             images = np.stack([array for _, (array, _) in decoded])
             boxes = np.array([picture_box(resize, w, h, size) for _, (_, (w, h)) in decoded], dtype=np.int64)
+            shifts = np.array([picture_shift(resize, w, h, size) for _, (_, (w, h)) in decoded], dtype=np.int64)
             total = np.zeros(len(decoded), dtype=np.float64)
             for model, model_meta in models:
                 total += predict_images(model, model_meta, images, batch_size=batch_size, tta=tta, device=device,
-                                        progress=False, boxes=boxes)
+                                        progress=False, boxes=boxes, shifts=shifts)
             names += [str(p) for p, _ in decoded]
             scores.append(total / len(models))
     if not names:

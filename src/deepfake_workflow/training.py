@@ -411,6 +411,9 @@ def train_fold(*, images: np.ndarray, index: pd.DataFrame, folds: pd.DataFrame, 
         device = torch.device("cuda", torch.cuda.current_device())  # this process's GPU (process_group)
     if cfg["crop_size"] is not None:
         check_crop_size(cfg["crop_size"], images.shape[1])
+    if cfg["crop_align"] > 1 and resize != "native_crop":
+        raise ConfigError(f"config key 'train.crop_align': got {cfg['crop_align']}, but the cache is "
+                          f"resampled (cache.resize: {resize}): only a native_crop cache keeps the originals' grid")
     run = FoldRun(images=images, index=index, fold=fold, seed=seed, model_cfg=model_cfg, cfg=cfg,
                   out_dir=Path(out_dir), resume_path=Path(state_dir) / "last.pt",
                   fingerprint=fingerprint(model_cfg, cfg, seed, fold, images.shape, train_rows, val_rows,
