@@ -1,7 +1,6 @@
 """Image cache: layout, order, bad images, atomic replacement, flat memory."""
 from __future__ import annotations
 
-import io
 import json
 import multiprocessing
 import os

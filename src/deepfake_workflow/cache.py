@@ -25,8 +25,8 @@ from __future__ import annotations
 import concurrent.futures
 import errno
 import json
-import multiprocessing
 import mmap
+import multiprocessing
 import os
 import platform
 import struct
