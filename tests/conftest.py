@@ -93,3 +93,30 @@ def tiny_run(tmp_path_factory):
     write_config(workdir, TINY_CONFIG)
     proc = snakemake(workdir)
     return workdir, proc
+
+
+# What each stage of the workflow leaves under results/ (outputs, logs, benchmarks, resume state),
+# in pipeline order: `copy_of_run(..., from_stage=S)` removes S's and every later stage's.
+STAGE_FILES = {
+    "build_cache": ["cache", "logs/build_cache_*", "benchmarks/build_cache_*"],
+    "make_folds": ["folds.csv", "logs/make_folds*", "benchmarks/make_folds*"],
+    "train": ["models", "state", "logs/train_*", "benchmarks/train_*"],
+    "predict": ["predictions", "logs/predict_*", "benchmarks/predict_*"],
+    "report": ["reports", "logs/report*", "benchmarks/report*"],
+    "submit": ["submission.csv", "logs/submit*", "benchmarks/submit*"],
+}
+
+
+def copy_of_run(run: Path, dest: Path, from_stage: str) -> Path:
+    """A copy of a finished run (`cp -a`: times kept, so Snakemake sees its files as up to date)
+    without what `from_stage` and the stages after it wrote: a run in `dest` starts at that stage,
+    as the first run in a fresh folder reaches it, without redoing the stages before it."""
+    import shutil
+
+    subprocess.run(["cp", "-a", f"{run}/.", str(dest)], check=True)
+    stages = list(STAGE_FILES)
+    for stage in stages[stages.index(from_stage):]:
+        for pattern in STAGE_FILES[stage]:
+            for path in (dest / "results").glob(pattern):
+                shutil.rmtree(path) if path.is_dir() else path.unlink()
+    return dest

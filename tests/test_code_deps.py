@@ -1,5 +1,6 @@
 """Code is a dependency: each stage depends on its program and the library modules it imports, so
 editing a module re-runs exactly the stages that use it (Snakemake here, DVC in test_dvc.py)."""
+import os
 import shutil
 import subprocess
 import textwrap
@@ -65,12 +66,17 @@ def test_snakemake_reruns_exactly_the_rules_that_import_an_edited_module(tiny_ru
         return set(jobs_run(proc)) - {"all"}
 
     def edit(module):
+        """Edit the module; returns the undo (its text and modification time back)."""
         path = src / PACKAGE_DIR.name / module
-        path.write_text(path.read_text() + "\n# an edit\n")
+        text, st = path.read_text(), path.stat()
+        path.write_text(text + "\n# an edit\n")
+        return lambda: (path.write_text(text), os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns)))
 
     run("--touch", "--forceall")  # adopt the run with the copy's paths (then "Nothing to be done")
+    undo = edit("cache.py")
+    assert run("-n") == {"build_cache", "train", "predict", "report", "submit"}  # never the data or the folds
+    # Undone, the run is up to date again without another --touch (a dry run changes nothing); were
+    # it not, build_cache would show up below.
+    undo()
     edit("training.py")
     assert run("-n") == {"train", "predict", "report", "submit"}  # train, and what reads its models
-    run("--touch", "--forceall")
-    edit("cache.py")
-    assert run("-n") == {"build_cache", "train", "predict", "report", "submit"}  # never the data or the folds

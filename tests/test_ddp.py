@@ -14,7 +14,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from conftest import REPO, TINY_CONFIG, snakemake, write_config
+from conftest import REPO, TINY_CONFIG, copy_of_run, snakemake, write_config
 from test_faults import run_until
 from test_training import check_checkpoint_reproduces_oof, check_fold_outputs, write_tiny_cache
 
@@ -124,8 +124,10 @@ DDP_CONFIG = {**TINY_CONFIG, "model": {"name": "efficientnet_lite0", "pretrained
 FOLD0 = ["results/models/fold0/metrics.json", "--cores", "2", "--resources", "gpu=2"]
 
 
-def test_two_process_fold_through_snakemake_killed_after_epoch_1_resumes(tmp_path):
+def test_two_process_fold_through_snakemake_killed_after_epoch_1_resumes(tiny_run, tmp_path):
     workdir = tmp_path.resolve()
+    # tiny_run's data, cache and folds (DDP_CONFIG changes only the model and training): the run starts at training
+    copy_of_run(tiny_run[0], workdir, from_stage="train")
     write_config(workdir, DDP_CONFIG)
     results = workdir / "results"
     state, log = results / "state/train_fold0/last.pt", results / "logs/train_fold0.log"

@@ -1,12 +1,14 @@
 """Killed jobs: `kill -9` mid-way, re-run, and the results equal those of an uninterrupted run."""
 import json
 import os
+import re
 import signal
 import subprocess
 import time
+from collections import Counter
 
 import pandas as pd
-from conftest import TINY_CONFIG, jobs_run, snakemake, snakemake_command, write_config
+from conftest import TINY_CONFIG, copy_of_run, jobs_run, snakemake, snakemake_command, write_config
 
 
 def run_until(workdir, condition, timeout=300, delay=0.0, log=None, extra=()):
@@ -54,7 +56,9 @@ def assert_same_results(workdir, reference):
 
 
 def test_kill_mid_training_resumes_and_matches_uninterrupted_run(tiny_run, tmp_path):
-    write_config(tmp_path, TINY_CONFIG)
+    # tiny_run's data, cache and folds: the run starts at training (test_kill_anywhere... kills
+    # a run from scratch in every stage)
+    copy_of_run(tiny_run[0], tmp_path, from_stage="train")
     state = tmp_path / "results/state/train_fold0/last.pt"
     assert run_until(tmp_path, state.exists), "workflow finished before training started"
     assert not (tmp_path / "results/submission.csv").exists()
@@ -68,7 +72,7 @@ def test_kill_mid_training_resumes_and_matches_uninterrupted_run(tiny_run, tmp_p
 
 
 def test_kill_during_cache_build_leaves_nothing_that_looks_finished(tiny_run, tmp_path):
-    write_config(tmp_path, TINY_CONFIG)
+    copy_of_run(tiny_run[0], tmp_path, from_stage="build_cache")  # tiny_run's data: the run starts at the cache
     cache = tmp_path / "results/cache"
 
     def building():
@@ -117,9 +121,16 @@ KILL_RULES = ["fetch_data", "check_split", "build_cache", "make_folds", "train",
 MAX_KILL_DELAY_S = {"check_split": 0.3, "make_folds": 0.3, "report": 1.0, "submit": 0.5}
 
 
-def pending_rules(workdir):
-    """The rules a re-run still has to run (a dry run, as Snakemake decides after a kill)."""
-    return set(jobs_run(snakemake(workdir, "-n")))
+def pending_rules(attempt_log):
+    """The rules a re-run still has to run after a killed attempt: those of the jobs the attempt
+    planned (its "Job stats" table) that it did not finish (its "Finished jobid" lines). Read from
+    its log, not asked of a dry run: a snakemake start-up less per kill."""
+    text = attempt_log.read_text()
+    table = re.search(r"^Job stats:\njob +count\n[- ]+\n(.*?)^total +\d+$", text, re.M | re.S)
+    assert table, f"no job stats in {attempt_log}:\n{text[-3000:]}"
+    planned = Counter({name: int(n) for name, n in (row.split() for row in table.group(1).splitlines())})
+    finished = Counter(re.findall(r"^Finished jobid: \d+ \(Rule: (\w+)\)$", text, re.M))
+    return {rule for rule, n in planned.items() if n > finished[rule]}
 
 
 def test_kill_anywhere_then_rerun_as_the_readme_says_gives_identical_outputs(tiny_run, tmp_path):
@@ -140,22 +151,22 @@ def test_kill_anywhere_then_rerun_as_the_readme_says_gives_identical_outputs(tin
             return any(p.stat().st_mtime >= started for p in logs.glob(f"{rule}*.log")) if logs.is_dir() else False
 
         delay = round(float(rng.uniform(0.0, MAX_KILL_DELAY_S.get(rule, 1.5))), 2)
-        killed = run_until(tmp_path, rule_started, delay=delay, log=tmp_path / f"attempt{len(moments)}.log",
-                           extra=extra)
+        log = tmp_path / f"attempt{len(moments)}.log"
+        killed = run_until(tmp_path, rule_started, delay=delay, log=log, extra=extra)
         moments.append({"rule": rule, "delay_s": delay, "killed": killed, "rules_pending": len(pending),
                         "forced": bool(extra)})
         snakemake(tmp_path, "--unlock")
+        return pending_rules(log)
 
+    pending = set(KILL_RULES)  # a fresh folder: everything
     for rule in KILL_RULES:
-        pending = pending_rules(tmp_path) if (tmp_path / "results").exists() else {rule}
         if rule in pending:
-            kill_in(rule)
+            pending = kill_in(rule)
     # report and submit run side by side at the end: one may finish before its turn comes. Then
     # it is run again on purpose (--forcerun) to be killed in it too.
     for rule in ("report", "submit"):
         if not any(m["killed"] and m["rule"] == rule for m in moments):
-            pending = pending_rules(tmp_path)
-            kill_in(rule, extra=("--forcerun", rule))
+            pending = kill_in(rule, extra=("--forcerun", rule))
     killed_in = [m["rule"] for m in moments if m["killed"]]
     assert len(killed_in) >= 8, moments  # at least 8 kills, over all stages
     assert {"fetch_data", "build_cache", "train", "predict", "report", "submit"} <= set(killed_in), moments
@@ -222,7 +233,7 @@ def test_the_raw_data_is_never_modified(local_copy, tmp_path):
 def test_a_second_run_in_the_same_folder_is_refused_and_the_first_is_unharmed(tiny_run, tmp_path):
     """Two runs at once in one project folder: the second gets Snakemake's lock message and
     exits; the first finishes with the same results as an uninterrupted run."""
-    write_config(tmp_path, TINY_CONFIG)
+    copy_of_run(tiny_run[0], tmp_path, from_stage="train")  # tiny_run's data, cache and folds
     cmd, env = snakemake_command(tmp_path)
     first = subprocess.Popen(cmd, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
     try:
