@@ -226,15 +226,14 @@ def test_a_model_trained_on_aligned_crops_scores_files_as_the_workflow_does(nati
     assert np.allclose(scored.scores["y_pred"].to_numpy(), expected, atol=1e-6)
 
 
-def test_crop_align_needs_native_pixels_and_a_crop_size_on_its_grid(native_cache, tmp_path):
+def test_crop_align_needs_a_crop_size_on_its_grid_and_is_ignored_without_native_pixels(native_cache, tmp_path):
     images, index, folds = native_cache
-    with pytest.raises(ConfigError, match="train.crop_align.*multiple"):
+    with pytest.raises(ConfigError, match="train.crop_align.*not a multiple"):
         validate_config({"train": {"crop_size": 36, "crop_align": 8}})
-    with pytest.raises(ConfigError, match="train.crop_align.*multiple"):
-        validate_config({"train": {"crop_align": 8}})
-    with pytest.raises(ConfigError, match="train.crop_align.*resampled"):
-        train_fold(images=images, index=index, folds=folds, fold=0,
-                   model_cfg={"name": "test_resnet", "pretrained": False},
-                   train_cfg={"epochs": 1, "batch_size": 8, "crop_size": 32, "crop_align": 8},
-                   seed=1, out_dir=tmp_path / "out", state_dir=tmp_path / "state", progress=False,
-                   resize="squash")
+    validate_config({"train": {"crop_size": None, "crop_align": 8}})  # whole images: nothing to align
+    train_fold(images=images, index=index, folds=folds, fold=0,
+               model_cfg={"name": "test_resnet", "pretrained": False},
+               train_cfg={"epochs": 1, "batch_size": 8, "crop_size": 32, "crop_align": 8},
+               seed=1, out_dir=tmp_path / "out", state_dir=tmp_path / "state", progress=False, resize="squash")
+    _, meta = load_checkpoint(tmp_path / "out/best.pt")
+    assert meta["crop_align"] == 1  # a resampled cache has no grid of the originals: scored unaligned too

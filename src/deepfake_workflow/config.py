@@ -261,9 +261,9 @@ def _check_cross_field(config: dict) -> None:
                           f"train.devices ({train['devices']}) with at least 2 images per device (the global "
                           f"batch is shared by the devices; batch norm needs 2)")
     align, crop = train["crop_align"], train["crop_size"]
-    if align > 1 and (crop is None or crop % align):
-        raise ConfigError(f"config key 'train.crop_align': got {align}, which needs train.crop_size set to a "
-                          f"multiple of it (got {crop}); see also cache.resize: native_crop")
+    if align > 1 and crop is not None and crop % align:
+        raise ConfigError(f"config key 'train.crop_align': got {align}, but train.crop_size ({crop}) is not a "
+                          f"multiple of it: crops on the grid must also end on it")
     report = config["report"]
     if report["threshold_policy"] in ("fpr", "fixed") and report["threshold_value"] is None:
         raise ConfigError(f"config key 'report.threshold_value': threshold_policy "

@@ -411,16 +411,15 @@ def train_fold(*, images: np.ndarray, index: pd.DataFrame, folds: pd.DataFrame, 
         device = torch.device("cuda", torch.cuda.current_device())  # this process's GPU (process_group)
     if cfg["crop_size"] is not None:
         check_crop_size(cfg["crop_size"], images.shape[1])
-    if cfg["crop_align"] > 1 and resize != "native_crop":
-        raise ConfigError(f"config key 'train.crop_align': got {cfg['crop_align']}, but the cache is "
-                          f"resampled (cache.resize: {resize}): only a native_crop cache keeps the originals' grid")
+    # Only native pixels keep the originals' grid: a resampled cache or whole images ignore crop_align.
+    align = cfg["crop_align"] if resize == "native_crop" and cfg["crop_size"] is not None else 1
     run = FoldRun(images=images, index=index, fold=fold, seed=seed, model_cfg=model_cfg, cfg=cfg,
                   out_dir=Path(out_dir), resume_path=Path(state_dir) / "last.pt",
                   fingerprint=fingerprint(model_cfg, cfg, seed, fold, images.shape, train_rows, val_rows,
                                           targets, resize),
                   train_rows=train_rows, val_rows=val_rows, targets=targets, device=device,
                   progress=progress and ranks.main, on_epoch_end=on_epoch_end,
-                  checkpoint_meta={"resize": resize, "crop_size": cfg["crop_size"], "crop_align": cfg["crop_align"],
+                  checkpoint_meta={"resize": resize, "crop_size": cfg["crop_size"], "crop_align": align,
                                    **(checkpoint_meta or {})},
                   ranks=ranks)
     resumed = load_resume_state(run.resume_path, run.fingerprint)
@@ -503,9 +502,10 @@ def _train(run: FoldRun, resumed: FoldState | None) -> dict:
     if cfg["crop_size"] is not None:
         boxes = picture_boxes(run.index, image_size, run.checkpoint_meta["resize"])
         shifts = picture_shifts(run.index, image_size, run.checkpoint_meta["resize"])
-        train_crops = CropPlan(size=cfg["crop_size"], boxes=boxes, shifts=shifts, align=cfg["crop_align"])
+        align = run.checkpoint_meta["crop_align"]
+        train_crops = CropPlan(size=cfg["crop_size"], boxes=boxes, shifts=shifts, align=align)
         # covering each picture, as predict's auto
-        val_crops = CropPlan(size=cfg["crop_size"], boxes=boxes, shifts=shifts, align=cfg["crop_align"])
+        val_crops = CropPlan(size=cfg["crop_size"], boxes=boxes, shifts=shifts, align=align)
     random_draws = ctx.augmenter is not None or train_crops is not None or synthetic.active
     val_batch = cfg["batch_size"] // crops_per_image(cfg["crop_size"], image_size)
     # the held-out batches are shared out whole, every world-th one to each process
