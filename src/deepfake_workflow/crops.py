@@ -97,13 +97,11 @@ def grid_origins(box: np.ndarray, crop: int, per_side: int | None = None,
         positions = np.linspace(lo, hi, count).round().astype(np.int64)
         if align > 1:
             first, on_grid = _aligned_range(np.int64(lo), np.int64(hi), np.int64(shift[axis]), align)
-            if on_grid > 1:
+            if on_grid > 0:
                 if per_side is None:  # enough crops that steps rounded to the grid leave no gap
                     count = max(count, 1 + math.ceil((on_grid - 1) / max(1, crop // align)))
                 steps_on_grid = np.linspace(0, on_grid - 1, count).round().astype(np.int64)
                 positions = first + steps_on_grid * align
-            elif on_grid == 1:
-                positions = np.full(count, first)
             positions = np.unique(positions)  # one crop per grid position
         steps.append(positions)
     xs, ys = steps
